@@ -1,0 +1,1 @@
+"""framesync lobby: accounts, matchmaking and room allocation."""

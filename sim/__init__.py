@@ -1,0 +1,1 @@
+"""framesync sim: deterministic toolkit, client SDK, bots and tools."""
