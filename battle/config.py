@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 MIN_TICK_RATE = 10
@@ -26,8 +27,8 @@ class RoomConfig:
     """WAITING lasts until everyone connected or this long after creation."""
     min_players: int = 1
     """Players needed to start when the start timeout expires; fewer ends the room."""
-    max_input_bytes: int = 64
-    max_inputs_per_frame: int = 4
+    max_input_bytes: int = 32
+    max_inputs_per_frame: int = 3
     """Per player per frame; more are dropped and counted."""
     redundancy_window: float = 0.3
     """Frames newer than the peer's ack are resent for this long before catch-up is needed."""
@@ -36,10 +37,10 @@ class RoomConfig:
     disconnect_timeout: float = 5.0
     """A peer silent this long is disconnected; its slot is kept."""
     max_duration: float = 3600.0
+    end_linger: float = 2.0
+    """After the match ends, keep resending the last frames this long to peers missing them."""
     empty_timeout: float = 60.0
     """A running room with nobody connected for this long ends."""
-    history_frames: int = 0
-    """Frames kept in memory for resending; 0 keeps the whole match."""
 
     def __post_init__(self) -> None:
         if not MIN_TICK_RATE <= self.tick_rate <= MAX_TICK_RATE:
@@ -56,4 +57,4 @@ class RoomConfig:
     @property
     def redundancy_frames(self) -> int:
         """Bound on frames carried per datagram, from the redundancy window."""
-        return max(2, round(self.redundancy_window * self.tick_rate))
+        return max(2, math.ceil(self.redundancy_window * self.tick_rate))

@@ -1,0 +1,521 @@
+"""The room: a fixed-tick frame state machine that never waits for anyone.
+
+Every tick closes the next frame with exactly the inputs that arrived since the previous one,
+ordered by (slot, input sequence), and sends each connected peer one datagram holding every
+frame after the last one it acknowledged (bounded by the redundancy window). A slow or silent
+peer changes nothing for the others. Pure: time is an argument and output goes to a sink.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from enum import Enum
+
+from battle.config import RoomConfig, RosterEntry
+from battle.errors import BadDatagram
+from battle.events import (
+    CatchUpNeeded,
+    Event,
+    FrameClosed,
+    PlayerConnected,
+    PlayerDisconnected,
+    RoomEnded,
+    RoomStarted,
+)
+from battle.frames import Frame, FrameInput
+from battle.messages import (
+    Accept,
+    Disconnect,
+    DisconnectReason,
+    RoomState,
+    decode_client_update_untrusted,
+    decode_disconnect_untrusted,
+    encode_accept,
+    encode_disconnect,
+    encode_frame,
+    encode_server_update_parts,
+)
+from battle.session import Address, Session
+from battle.ticket import FLAG_RECONNECT, Ticket, issue_ticket
+from battle.wire import MAX_SEALED_BODY, DenyReason, PacketType, Sealed
+
+_UPDATE_PREFIX_MAX = 48
+"""Upper bound of a SERVER_UPDATE body without its frames (eight msgpack ints)."""
+FRAME_BUDGET = MAX_SEALED_BODY - _UPDATE_PREFIX_MAX
+"""A closed frame must fit one datagram on its own; inputs beyond this are dropped."""
+_ENDED_DISCONNECT_COPIES = 3
+
+
+@dataclass(slots=True)
+class CoreSink:
+    """Where rooms put what the shell must act on; shared by all rooms of one host."""
+
+    outbox: list[tuple[bytes, Address]] = field(default_factory=list)
+    events: deque[Event] = field(default_factory=deque)
+    drops: Counter[str] = field(default_factory=Counter)
+    stats: Counter[str] = field(default_factory=Counter)
+    released: list[Address] = field(default_factory=list)
+    """Addresses whose sessions ended; the host forgets their routes."""
+
+
+class PeerStatus(Enum):
+    NEVER_CONNECTED = "never_connected"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+
+
+class Peer:
+    """A roster slot and whatever session currently speaks for it."""
+
+    __slots__ = (
+        "catching_up",
+        "entry",
+        "frame_ack",
+        "input_ack",
+        "pending",
+        "queued",
+        "session",
+        "status",
+    )
+
+    def __init__(self, entry: RosterEntry) -> None:
+        self.entry = entry
+        self.status = PeerStatus.NEVER_CONNECTED
+        self.session: Session | None = None
+        self.pending: Session | None = None
+        self.input_ack = 0
+        """Highest input sequence received with none missing before it."""
+        self.queued: list[FrameInput] = []
+        self.frame_ack = 0
+        self.catching_up = False
+
+
+class Room:
+    """One match's frame loop, its peers and its frame history."""
+
+    def __init__(
+        self,
+        room_id: int,
+        match_id: int,
+        seed: int,
+        roster: tuple[RosterEntry, ...],
+        config: RoomConfig,
+        now: float,
+        *,
+        ticket_key: bytes,
+        clock_offset: float,
+        sink: CoreSink,
+    ) -> None:
+        slots = [e.slot for e in roster]
+        if not roster or sorted(slots) != list(range(len(roster))):
+            raise ValueError("roster slots must be 0..n-1, each once")
+        self.room_id = room_id
+        self.match_id = match_id
+        self.seed = seed
+        self.roster = tuple(sorted(roster, key=lambda e: e.slot))
+        self.config = config
+        self.created_at = now
+        self.state = RoomState.WAITING
+        self.started_at: float | None = None
+        self.end_reason: str | None = None
+        self.peers = [Peer(e) for e in self.roster]
+        self.frames: list[Frame] = []
+        self.encoded_frames: list[bytes] = []
+        self.frame_times: list[float] = []
+        """When each frame closed, on the core's clock (for latency measurement)."""
+        self._ticket_key = ticket_key
+        self._clock_offset = clock_offset
+        self._sink = sink
+        self._interval = config.tick_interval
+        self._next_tick = 0.0
+        self._next_heartbeat = now
+        self._empty_since: float | None = None
+        self._linger_until = 0.0
+
+    # -- queries -------------------------------------------------------------------------
+
+    @property
+    def last_frame(self) -> int:
+        return len(self.frames)
+
+    def connected_slots(self) -> tuple[int, ...]:
+        return tuple(p.entry.slot for p in self.peers if p.status is PeerStatus.CONNECTED)
+
+    def session_for(self, slot: int, address: Address) -> Session | None:
+        peer = self.peers[slot]
+        for session in (peer.session, peer.pending):
+            if session is not None and session.address == address:
+                return session
+        return None
+
+    def next_deadline(self) -> float | None:
+        if self.state is RoomState.ENDED:
+            return None if self.finished else min(self._next_tick, self._linger_until)
+        times: list[float] = []
+        if self.state is RoomState.WAITING:
+            times.append(self.created_at + self.config.start_timeout)
+            times.append(self._next_heartbeat)
+        else:
+            assert self.started_at is not None
+            times.append(self._next_tick)
+            times.append(self.started_at + self.config.max_duration)
+            if self._empty_since is not None:
+                times.append(self._empty_since + self.config.empty_timeout)
+        timeout = self.config.disconnect_timeout
+        for peer in self.peers:
+            if peer.status is PeerStatus.CONNECTED and peer.session is not None:
+                times.append(peer.session.last_recv + timeout)
+        return min(times)
+
+    # -- handshake -----------------------------------------------------------------------
+
+    def accept_session(self, ticket: Ticket, address: Address, now: float) -> DenyReason | None:
+        """Called once the address is proven: (re)send ACCEPT, allocating a pending session."""
+        if self.state is RoomState.ENDED:
+            return DenyReason.ROOM_ENDED
+        peer = self.peers[ticket.slot]
+        for existing in (peer.session, peer.pending):
+            if (
+                existing is not None
+                and existing.address == address
+                and existing.ticket_nonce == ticket.nonce
+            ):
+                self._send_accept(peer, existing, now)
+                return None
+        if peer.pending is not None:
+            self._release(peer.pending.address)
+        session = Session(address, ticket.keys, ticket.nonce, now)
+        if peer.session is not None and peer.session.address == address:
+            # Same address, new ticket (a restarted client): take over at once.
+            self._drop_session(peer, "replaced", now, notify=False)
+        peer.pending = session
+        self._sink.stats["sessions_pending"] += 1
+        self._send_accept(peer, session, now)
+        return None
+
+    def _send_accept(self, peer: Peer, session: Session, now: float) -> None:
+        cfg = self.config
+        lifetime = cfg.start_timeout + cfg.max_duration
+        expires = self.created_at + lifetime + self._clock_offset
+        ticket, keys = issue_ticket(
+            self._ticket_key,
+            self.match_id,
+            self.room_id,
+            peer.entry.player_id,
+            peer.entry.slot,
+            expires,
+            team=peer.entry.team,
+            flags=FLAG_RECONNECT,
+        )
+        body = encode_accept(
+            Accept(
+                match_id=self.match_id,
+                room_id=self.room_id,
+                slot=peer.entry.slot,
+                team=peer.entry.team,
+                seed=self.seed,
+                tick_rate=cfg.tick_rate,
+                roster=self.roster,
+                frame=self.last_frame,
+                state=self.state,
+                input_ack=peer.input_ack,
+                reconnect_ticket=ticket,
+                reconnect_keys=keys,
+                redundancy_frames=cfg.redundancy_frames,
+                heartbeat_ms=round(cfg.heartbeat_interval * 1000),
+                timeout_ms=round(cfg.disconnect_timeout * 1000),
+            )
+        )
+        self._emit(session, PacketType.ACCEPT, body, now)
+
+    # -- sealed traffic ------------------------------------------------------------------
+
+    def receive_sealed(self, slot: int, datagram: Sealed, address: Address, now: float) -> None:
+        """Authenticate, then act on one session datagram. Drops are counted, never raised."""
+        session = self.session_for(slot, address)
+        if session is None:
+            self._sink.drops["unknown_address"] += 1
+            return
+        try:
+            body = session.cipher.open_untrusted(datagram)
+        except BadDatagram as exc:
+            self._sink.drops[exc.reason] += 1
+            return
+        peer = self.peers[slot]
+        if not session.confirmed:
+            self._confirm(peer, session, now)
+        session.last_recv = now
+        session.received.on_receive(datagram.seq, now)
+        try:
+            if datagram.type is PacketType.CLIENT_UPDATE:
+                self._on_client_update(peer, session, body, now)
+                if self.state is RoomState.ENDED and peer.frame_ack >= self.last_frame:
+                    self._finish_peer(peer, now)
+            elif datagram.type is PacketType.DISCONNECT:
+                decode_disconnect_untrusted(body)
+                if self.state is RoomState.ENDED:
+                    self._finish_peer(peer, now)
+                else:
+                    self._drop_session(peer, "left", now, notify=False)
+            else:
+                self._sink.drops["wrong_direction"] += 1
+        except BadDatagram as exc:
+            self._sink.drops[exc.reason] += 1
+
+    def _confirm(self, peer: Peer, session: Session, now: float) -> None:
+        """The first authenticated datagram proves key possession: the session goes live."""
+        reconnected = peer.status is not PeerStatus.NEVER_CONNECTED
+        if peer.session is not None:
+            self._drop_session(peer, "replaced", now, notify=True)
+        session.confirmed = True
+        peer.pending = None
+        peer.session = session
+        peer.status = PeerStatus.CONNECTED
+        peer.frame_ack = 0
+        peer.catching_up = False
+        self._empty_since = None
+        self._sink.stats["sessions_connected"] += 1
+        self._sink.events.append(
+            PlayerConnected(
+                self.room_id,
+                peer.entry.slot,
+                peer.entry.player_id,
+                self.last_frame,
+                session.address,
+                reconnected,
+            )
+        )
+        if self.state is RoomState.WAITING and all(
+            p.status is PeerStatus.CONNECTED for p in self.peers
+        ):
+            self._start(now)
+
+    def _on_client_update(self, peer: Peer, session: Session, body: bytes, now: float) -> None:
+        msg = decode_client_update_untrusted(body)
+        session.sent.on_ack(msg.ack, msg.ack_bits, msg.ack_delay_us, now)
+        if msg.frame_ack > peer.frame_ack:
+            peer.frame_ack = min(msg.frame_ack, self.last_frame)
+        if not msg.inputs:
+            return
+        cfg = self.config
+        drops = self._sink.drops
+        expected = peer.input_ack + 1
+        start = expected - msg.input_first
+        if start < 0:
+            drops["input_gap"] += 1
+            return
+        running = self.state is RoomState.RUNNING
+        for data in msg.inputs[start:]:
+            seq = expected
+            expected += 1
+            if not running:
+                drops["input_not_running"] += 1
+            elif len(data) > cfg.max_input_bytes:
+                drops["input_too_large"] += 1
+            elif len(peer.queued) >= cfg.max_inputs_per_frame:
+                drops["input_excess"] += 1
+            else:
+                peer.queued.append(FrameInput(peer.entry.slot, seq, data))
+        peer.input_ack = expected - 1
+
+    # -- time ----------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        if self.state is RoomState.WAITING:
+            self._check_timeouts(now)
+            if now >= self.created_at + self.config.start_timeout:
+                if len(self.connected_slots()) >= self.config.min_players:
+                    self._start(now)
+                else:
+                    self.end("not_enough_players", now)
+                    return
+            elif now >= self._next_heartbeat:
+                self._broadcast(now)
+                self._next_heartbeat = now + self.config.heartbeat_interval
+        if self.state is RoomState.RUNNING:
+            self._run(now)
+        elif self.state is RoomState.ENDED:
+            self._linger(now)
+
+    def _start(self, now: float) -> None:
+        self.state = RoomState.RUNNING
+        self.started_at = now
+        self._next_tick = now + self._interval
+        if not self.connected_slots():
+            self._empty_since = now
+        self._sink.events.append(RoomStarted(self.room_id, now, self.connected_slots()))
+
+    def _run(self, now: float) -> None:
+        assert self.started_at is not None
+        closed = 0
+        while now >= self._next_tick:
+            self._close_frame(now)
+            closed += 1
+            self._next_tick += self._interval
+            if closed >= self.config.tick_rate:
+                # A stall of a second or more: re-anchor rather than burst-close frames.
+                self._sink.stats["tick_overruns"] += 1
+                self._next_tick = now + self._interval
+                break
+        if closed:
+            self._broadcast(now)
+        self._check_timeouts(now)
+        if now >= self.started_at + self.config.max_duration:
+            self.end("max_duration", now)
+        elif self._empty_since is not None and now >= self._empty_since + self.config.empty_timeout:
+            self.end("abandoned", now)
+
+    def _close_frame(self, now: float) -> None:
+        inputs: list[FrameInput] = []
+        budget = FRAME_BUDGET - 3
+        for peer in self.peers:
+            if not peer.queued:
+                continue
+            for item in peer.queued:
+                cost = len(item.data) + 12
+                if cost > budget:
+                    self._sink.drops["frame_full"] += 1
+                    continue
+                budget -= cost
+                inputs.append(item)
+            peer.queued = []
+        frame = Frame(self.last_frame + 1, tuple(inputs))
+        self.frames.append(frame)
+        self.encoded_frames.append(encode_frame(frame))
+        self.frame_times.append(now)
+        self._sink.stats["frames_closed"] += 1
+        self._sink.events.append(FrameClosed(self.room_id, frame, now))
+
+    def _broadcast(self, now: float) -> None:
+        for peer in self.peers:
+            if peer.status is PeerStatus.CONNECTED and peer.session is not None:
+                self._send_update(peer, peer.session, now)
+
+    def _send_update(self, peer: Peer, session: Session, now: float) -> None:
+        last = self.last_frame
+        first = peer.frame_ack + 1
+        limit = self.config.redundancy_frames
+        behind = last - peer.frame_ack
+        if behind > limit and not peer.catching_up:
+            peer.catching_up = True
+            self._sink.stats["catch_ups_needed"] += 1
+            self._sink.events.append(
+                CatchUpNeeded(self.room_id, peer.entry.slot, peer.frame_ack, last)
+            )
+        elif behind <= limit:
+            peer.catching_up = False
+        chunk: list[bytes] = []
+        budget = FRAME_BUDGET
+        for encoded in self.encoded_frames[first - 1 : min(last, peer.frame_ack + limit)]:
+            if len(encoded) > budget:
+                break
+            budget -= len(encoded)
+            chunk.append(encoded)
+        received = session.received
+        body = encode_server_update_parts(
+            received.ack,
+            received.bits,
+            received.ack_delay_us(now),
+            peer.input_ack,
+            first if chunk else 0,
+            chunk,
+            last,
+            self.state,
+        )
+        self._emit(session, PacketType.SERVER_UPDATE, body, now)
+
+    def _check_timeouts(self, now: float) -> None:
+        timeout = self.config.disconnect_timeout
+        for peer in self.peers:
+            session = peer.session
+            if (
+                peer.status is PeerStatus.CONNECTED
+                and session is not None
+                and now - session.last_recv >= timeout
+            ):
+                self._drop_session(peer, "timed_out", now, notify=True)
+            pending = peer.pending
+            if pending is not None and now - pending.last_recv >= timeout:
+                self._release(pending.address)
+                peer.pending = None
+
+    def _drop_session(self, peer: Peer, reason: str, now: float, *, notify: bool) -> None:
+        session = peer.session
+        if session is None:
+            return
+        if notify:
+            code = {
+                "replaced": DisconnectReason.REPLACED,
+                "timed_out": DisconnectReason.TIMED_OUT,
+            }.get(reason, DisconnectReason.KICKED)
+            self._emit(session, PacketType.DISCONNECT, encode_disconnect(Disconnect(code)), now)
+        self._release(session.address)
+        peer.session = None
+        peer.status = PeerStatus.DISCONNECTED
+        self._sink.stats["sessions_disconnected"] += 1
+        self._sink.events.append(
+            PlayerDisconnected(
+                self.room_id, peer.entry.slot, peer.entry.player_id, self.last_frame, reason
+            )
+        )
+        if (
+            self.state is RoomState.RUNNING
+            and self._empty_since is None
+            and not self.connected_slots()
+        ):
+            self._empty_since = now
+
+    def end(self, reason: str, now: float) -> None:
+        """End the match (also called by the host, e.g. on an agreed result or shutdown).
+
+        Frames stop; peers that lack the last frames keep receiving them for `end_linger`
+        seconds so every client can finish the simulation, then all sessions close.
+        """
+        if self.state is RoomState.ENDED:
+            return
+        self.state = RoomState.ENDED
+        self.end_reason = reason
+        self._linger_until = now + self.config.end_linger
+        self._next_tick = now + self._interval
+        self._sink.events.append(RoomEnded(self.room_id, self.last_frame, reason))
+        for peer in self.peers:
+            if peer.pending is not None:
+                self._release(peer.pending.address)
+                peer.pending = None
+            if peer.session is not None and peer.frame_ack >= self.last_frame:
+                self._finish_peer(peer, now)
+
+    @property
+    def finished(self) -> bool:
+        """Ended, and every session is closed: the host may drop the room."""
+        return self.state is RoomState.ENDED and all(p.session is None for p in self.peers)
+
+    def _linger(self, now: float) -> None:
+        if now >= self._linger_until:
+            for peer in self.peers:
+                self._finish_peer(peer, now)
+        elif now >= self._next_tick:
+            self._next_tick = now + self._interval
+            self._broadcast(now)
+
+    def _finish_peer(self, peer: Peer, now: float) -> None:
+        session = peer.session
+        if session is None:
+            return
+        for _ in range(_ENDED_DISCONNECT_COPIES):
+            self._emit(session, PacketType.DISCONNECT, _ENDED_BODY, now)
+        self._release(session.address)
+        peer.session = None
+        peer.status = PeerStatus.DISCONNECTED
+
+    # -- output --------------------------------------------------------------------------
+
+    def _emit(self, session: Session, ptype: PacketType, body: bytes, now: float) -> None:
+        self._sink.outbox.append((session.seal(ptype, body, now), session.address))
+
+    def _release(self, address: Address) -> None:
+        self._sink.released.append(address)
+
+
+_ENDED_BODY = encode_disconnect(Disconnect(DisconnectReason.ROOM_ENDED))

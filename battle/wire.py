@@ -1,0 +1,162 @@
+"""Datagram framing: the magic/version byte, the type byte and each fixed header.
+
+Layouts are documented byte by byte in docs/PROTOCOL.md. All integers are little-endian.
+Parsing is cheap and ordered so garbage is rejected on its size and first bytes, before
+any cryptography or msgpack work.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+from battle.errors import BadDatagram
+
+PROTOCOL_VERSION = 1
+MAGIC = 0xF0 | PROTOCOL_VERSION
+"""First byte of every datagram: high nibble 0xF marks framesync, low nibble the version."""
+MAX_DATAGRAM = 1200
+TICKET_SIZE = 128
+COOKIE_SIZE = 20
+CONNECT_REQUEST_SIZE = 512
+"""Fixed and padded, so no reply sent before the address is proven is larger than a request."""
+SEALED_HEADER = struct.Struct("<BBQ")
+"""magic, type, sequence number (also the AEAD nonce)."""
+SEALED_HEADER_SIZE = SEALED_HEADER.size
+AEAD_TAG_SIZE = 16
+SEALED_OVERHEAD = SEALED_HEADER_SIZE + AEAD_TAG_SIZE
+MAX_SEALED_BODY = MAX_DATAGRAM - SEALED_OVERHEAD
+
+
+class PacketType(IntEnum):
+    CONNECT_REQUEST = 0x01
+    CHALLENGE = 0x02
+    CONNECT_RESPONSE = 0x03
+    DENIED = 0x04
+    ACCEPT = 0x10
+    CLIENT_UPDATE = 0x11
+    SERVER_UPDATE = 0x12
+    DISCONNECT = 0x13
+
+
+SEALED_TYPES = frozenset(
+    {
+        PacketType.ACCEPT,
+        PacketType.CLIENT_UPDATE,
+        PacketType.SERVER_UPDATE,
+        PacketType.DISCONNECT,
+    }
+)
+_TYPES = {int(t): t for t in PacketType}
+
+
+class DenyReason(IntEnum):
+    """Why a proven address was refused; sent in DENIED."""
+
+    ROOM_ENDED = 1
+    ROOM_FULL = 2
+    SLOT_TAKEN = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectRequest:
+    ticket: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    cookie: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectResponse:
+    cookie: bytes
+    ticket: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    reason: DenyReason
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """A session datagram whose body is still encrypted; only a session can open it."""
+
+    type: PacketType
+    seq: int
+    header: bytes
+    ciphertext: bytes
+
+
+Datagram = ConnectRequest | Challenge | ConnectResponse | Denied | Sealed
+
+_CONNECT_RESPONSE_SIZE = 2 + COOKIE_SIZE + TICKET_SIZE
+_CHALLENGE_SIZE = 2 + COOKIE_SIZE
+_DENIED_SIZE = 3
+
+
+def decode_datagram_untrusted(data: bytes) -> Datagram:
+    """Split a datagram into its header parts; raises only BadDatagram."""
+    size = len(data)
+    if size < 2:
+        raise BadDatagram("too_short")
+    if size > MAX_DATAGRAM:
+        raise BadDatagram("too_large")
+    first = data[0]
+    if first != MAGIC:
+        raise BadDatagram("bad_version" if first & 0xF0 == 0xF0 else "bad_magic")
+    ptype = _TYPES.get(data[1])
+    if ptype is None:
+        raise BadDatagram("bad_type")
+    if ptype in SEALED_TYPES:
+        if size < SEALED_OVERHEAD:
+            raise BadDatagram("bad_size")
+        _, _, seq = SEALED_HEADER.unpack_from(data)
+        return Sealed(ptype, seq, data[:SEALED_HEADER_SIZE], data[SEALED_HEADER_SIZE:])
+    if ptype is PacketType.CONNECT_REQUEST:
+        if size != CONNECT_REQUEST_SIZE:
+            raise BadDatagram("bad_size")
+        return ConnectRequest(bytes(data[2 : 2 + TICKET_SIZE]))
+    if ptype is PacketType.CONNECT_RESPONSE:
+        if size != _CONNECT_RESPONSE_SIZE:
+            raise BadDatagram("bad_size")
+        return ConnectResponse(bytes(data[2 : 2 + COOKIE_SIZE]), bytes(data[2 + COOKIE_SIZE :]))
+    if ptype is PacketType.CHALLENGE:
+        if size != _CHALLENGE_SIZE:
+            raise BadDatagram("bad_size")
+        return Challenge(bytes(data[2:]))
+    if size != _DENIED_SIZE:
+        raise BadDatagram("bad_size")
+    try:
+        return Denied(DenyReason(data[2]))
+    except ValueError:
+        raise BadDatagram("bad_field", "deny reason") from None
+
+
+def encode_connect_request(ticket: bytes) -> bytes:
+    if len(ticket) != TICKET_SIZE:
+        raise ValueError("ticket has the wrong size")
+    head = bytes((MAGIC, PacketType.CONNECT_REQUEST)) + ticket
+    return head + bytes(CONNECT_REQUEST_SIZE - len(head))
+
+
+def encode_challenge(cookie: bytes) -> bytes:
+    if len(cookie) != COOKIE_SIZE:
+        raise ValueError("cookie has the wrong size")
+    return bytes((MAGIC, PacketType.CHALLENGE)) + cookie
+
+
+def encode_connect_response(cookie: bytes, ticket: bytes) -> bytes:
+    if len(cookie) != COOKIE_SIZE or len(ticket) != TICKET_SIZE:
+        raise ValueError("cookie or ticket has the wrong size")
+    return bytes((MAGIC, PacketType.CONNECT_RESPONSE)) + cookie + ticket
+
+
+def encode_denied(reason: DenyReason) -> bytes:
+    return bytes((MAGIC, PacketType.DENIED, reason))
+
+
+def sealed_header(ptype: PacketType, seq: int) -> bytes:
+    return SEALED_HEADER.pack(MAGIC, ptype, seq)
