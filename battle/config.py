@@ -29,7 +29,9 @@ class RoomConfig:
     """Players needed to start when the start timeout expires; fewer ends the room."""
     max_input_bytes: int = 32
     max_inputs_per_frame: int = 3
-    """Per player per frame; more are dropped and counted."""
+    """Per player per frame; more wait for the next frame (a loss burst delivers several)."""
+    input_backlog: int = 12
+    """Inputs a player may have waiting beyond the current frame; more are dropped (a flood)."""
     redundancy_window: float = 0.3
     """Frames newer than the peer's ack are resent for this long before catch-up is needed."""
     heartbeat_interval: float = 0.1

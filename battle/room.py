@@ -313,7 +313,7 @@ class Room:
                 drops["input_not_running"] += 1
             elif len(data) > cfg.max_input_bytes:
                 drops["input_too_large"] += 1
-            elif len(peer.queued) >= cfg.max_inputs_per_frame:
+            elif len(peer.queued) >= cfg.max_inputs_per_frame + cfg.input_backlog:
                 drops["input_excess"] += 1
             else:
                 peer.queued.append(FrameInput(peer.entry.slot, seq, data))
@@ -369,17 +369,22 @@ class Room:
     def _close_frame(self, now: float) -> None:
         inputs: list[FrameInput] = []
         budget = FRAME_BUDGET - 3
+        cap = self.config.max_inputs_per_frame
         for peer in self.peers:
-            if not peer.queued:
+            queued = peer.queued
+            if not queued:
                 continue
-            for item in peer.queued:
+            taken = 0
+            for item in queued:
                 cost = len(item.data) + 12
-                if cost > budget:
-                    self._sink.drops["frame_full"] += 1
-                    continue
+                if taken == cap or cost > budget:
+                    break
                 budget -= cost
+                taken += 1
                 inputs.append(item)
-            peer.queued = []
+            if taken < len(queued):
+                self._sink.stats["inputs_deferred"] += len(queued) - taken
+            peer.queued = queued[taken:]
         frame = Frame(self.last_frame + 1, tuple(inputs))
         self.frames.append(frame)
         self.encoded_frames.append(encode_frame(frame))

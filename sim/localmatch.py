@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from battle.client import ClientConnection, ClientState, Disconnected, FrameReceived
 from battle.config import RoomConfig, RosterEntry
-from battle.events import FrameClosed, RoomEnded
+from battle.events import Event, FrameClosed, RoomEnded
 from battle.frames import Frame
 from battle.server import HostCore
 from battle.ticket import issue_ticket
@@ -73,6 +73,8 @@ class LocalMatch:
         self.server_frames: list[Frame] = []
         self.closed_at: list[float] = []
         self.ended: RoomEnded | None = None
+        self.event_hooks: list[Callable[[Event, float], None]] = []
+        """Called with every host event and the virtual time (e.g. to write the input log)."""
         self.players: list[Player] = []
         self._actions: list[tuple[float, int, Callable[[], None]]] = []
         self._order = itertools.count()
@@ -100,6 +102,15 @@ class LocalMatch:
 
     def at(self, when: float, action: Callable[[], None]) -> None:
         heapq.heappush(self._actions, (when, next(self._order), action))
+
+    def stop_inputs(self, when: float) -> None:
+        """From `when` on, players send no more inputs (they keep acking and heartbeating)."""
+
+        def stop() -> None:
+            for player in self.players:
+                player.playing = False
+
+        self.at(when, stop)
 
     def go_silent(self, slot: int, start: float, end: float) -> None:
         """Cut the player off the network for [start, end); it keeps its connection object."""
@@ -193,6 +204,8 @@ class LocalMatch:
         for data, addr in self.host.datagrams_to_send():
             self.network.send(HOST, addr, data, now)
         while (event := self.host.next_event()) is not None:
+            for hook in self.event_hooks:
+                hook(event, now)
             if isinstance(event, FrameClosed):
                 self.server_frames.append(event.frame)
                 self.closed_at.append(event.at)
