@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 ACK_BITS = 32
 _SENT_HISTORY = 256
+_LOSS_GAIN = 0.05
+"""EWMA gain of the loss estimate: about the last 20 packets' worth of memory."""
 
 
 class ReceivedTracker:
@@ -57,24 +59,16 @@ class LinkStats:
 
 
 class SentTracker:
-    """Send times of our recent packets, turned into RTT, jitter and loss as acks arrive."""
+    """Send times of our packets still in flight, turned into RTT, jitter and loss by acks.
 
-    __slots__ = (
-        "_acked_set",
-        "_highest_acked",
-        "_sent",
-        "acked",
-        "jitter",
-        "loss",
-        "lost",
-        "rtt",
-        "sent",
-    )
+    Only unacknowledged packets are kept (a handful: about one RTT's worth), so an ack costs
+    a pass over those rather than over all 32 ack bits.
+    """
+
+    __slots__ = ("_in_flight", "acked", "jitter", "loss", "lost", "rtt", "sent")
 
     def __init__(self) -> None:
-        self._sent: dict[int, float] = {}
-        self._acked_set: set[int] = set()
-        self._highest_acked = 0
+        self._in_flight: dict[int, float] = {}
         self.rtt = 0.0
         self.jitter = 0.0
         self.loss = 0.0
@@ -83,25 +77,24 @@ class SentTracker:
         self.lost = 0
 
     def on_send(self, seq: int, now: float) -> None:
-        self._sent[seq] = now
+        in_flight = self._in_flight
+        in_flight[seq] = now
         self.sent += 1
-        if len(self._sent) > _SENT_HISTORY:
-            oldest = next(iter(self._sent))
-            self._retire(oldest)
+        if len(in_flight) > _SENT_HISTORY:
+            # The peer has gone quiet; forget the oldest as lost rather than grow.
+            del in_flight[next(iter(in_flight))]
+            self._on_lost()
 
-    def _retire(self, seq: int) -> None:
-        self._sent.pop(seq, None)
-        if seq in self._acked_set:
-            self._acked_set.discard(seq)
-            return
+    def _on_lost(self) -> None:
         self.lost += 1
-        self.loss += (1.0 - self.loss) * 0.05
+        self.loss += (1.0 - self.loss) * _LOSS_GAIN
 
     def on_ack(self, ack: int, bits: int, ack_delay_us: int, now: float) -> None:
-        if ack <= 0:
+        in_flight = self._in_flight
+        if ack <= 0 or not in_flight:
             return
-        sent_at = self._sent.get(ack)
-        if sent_at is not None and ack not in self._acked_set:
+        sent_at = in_flight.get(ack)
+        if sent_at is not None:
             sample = max(0.0, now - sent_at - ack_delay_us / 1_000_000)
             if self.rtt == 0.0:
                 self.rtt = sample
@@ -109,24 +102,18 @@ class SentTracker:
             else:
                 self.jitter += (abs(sample - self.rtt) - self.jitter) * 0.25
                 self.rtt += (sample - self.rtt) * 0.125
-        self._mark(ack)
-        for i in range(ACK_BITS):
-            if bits >> i & 1:
-                self._mark(ack - 1 - i)
-        self._highest_acked = max(self._highest_acked, ack)
-        # Anything older than the ack field can no longer be acknowledged: settle it.
-        horizon = self._highest_acked - ACK_BITS
-        while self._sent:
-            oldest = next(iter(self._sent))
-            if oldest >= horizon:
-                break
-            self._retire(oldest)
-
-    def _mark(self, seq: int) -> None:
-        if seq in self._sent and seq not in self._acked_set:
-            self._acked_set.add(seq)
-            self.acked += 1
-            self.loss -= self.loss * 0.05
+        horizon = ack - ACK_BITS
+        for seq in list(in_flight):
+            if seq > ack:
+                break  # sent after what the peer has seen: still in flight
+            if seq == ack or (seq >= horizon and bits >> (ack - 1 - seq) & 1):
+                del in_flight[seq]
+                self.acked += 1
+                self.loss -= self.loss * _LOSS_GAIN
+            elif seq < horizon:
+                # Older than the ack field can describe: it will never be acknowledged.
+                del in_flight[seq]
+                self._on_lost()
 
     def stats(self) -> LinkStats:
         return LinkStats(self.rtt, self.jitter, self.loss, self.sent, self.acked, self.lost)

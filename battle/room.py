@@ -150,23 +150,16 @@ class Room:
         return None
 
     def next_deadline(self) -> float | None:
-        if self.state is RoomState.ENDED:
-            return None if self.finished else min(self._next_tick, self._linger_until)
-        times: list[float] = []
-        if self.state is RoomState.WAITING:
-            times.append(self.created_at + self.config.start_timeout)
-            times.append(self._next_heartbeat)
-        else:
+        """Disconnect timeouts are checked on every tick and heartbeat, not scheduled."""
+        if self.state is RoomState.RUNNING:
             assert self.started_at is not None
-            times.append(self._next_tick)
-            times.append(self.started_at + self.config.max_duration)
+            deadline = min(self._next_tick, self.started_at + self.config.max_duration)
             if self._empty_since is not None:
-                times.append(self._empty_since + self.config.empty_timeout)
-        timeout = self.config.disconnect_timeout
-        for peer in self.peers:
-            if peer.status is PeerStatus.CONNECTED and peer.session is not None:
-                times.append(peer.session.last_recv + timeout)
-        return min(times)
+                deadline = min(deadline, self._empty_since + self.config.empty_timeout)
+            return deadline
+        if self.state is RoomState.WAITING:
+            return min(self.created_at + self.config.start_timeout, self._next_heartbeat)
+        return None if self.finished else min(self._next_tick, self._linger_until)
 
     # -- handshake -----------------------------------------------------------------------
 
