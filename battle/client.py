@@ -11,6 +11,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from enum import Enum
 
+from battle.cookie import COOKIE_EPOCH
 from battle.errors import BadDatagram
 from battle.frames import Frame
 from battle.messages import (
@@ -27,7 +28,7 @@ from battle.messages import (
     encode_disconnect,
 )
 from battle.reliability import LinkStats, ReceivedTracker, SentTracker
-from battle.sealing import SessionCipher
+from battle.sealing import SessionCipher, derive_session_keys
 from battle.session import Address
 from battle.ticket import ClientKeys
 from battle.wire import (
@@ -97,10 +98,15 @@ class ClientConnection:
         self.input_latencies: list[float] = []
         """Seconds from first sending an input to receiving the frame holding it."""
         self._ticket = ticket
-        self._cipher = SessionCipher(send_key=keys.c2s, recv_key=keys.s2c)
+        self._keys = keys
+        self._cipher: SessionCipher | None = None
+        """Made from the ticket keys and the room's salt when ACCEPT arrives."""
+        self._salt = b""
+        self._newest_update = 0
         self._received = ReceivedTracker()
         self._sent = SentTracker()
         self._cookie: bytes | None = None
+        self._cookie_at = 0.0
         self._started = now
         self._connect_timeout = connect_timeout
         self._resend = resend_interval
@@ -210,22 +216,33 @@ class ClientConnection:
             self.state = ClientState.RESPONDING
         if self.state is ClientState.RESPONDING:
             self._cookie = challenge.cookie
+            self._cookie_at = now
             self._send_handshake(now)
 
     def _on_sealed(self, datagram: Sealed, now: float) -> None:
-        if self.state is ClientState.CONNECTING:
+        ptype = datagram.type
+        cipher = self._cipher
+        if ptype is PacketType.ACCEPT and self.state is ClientState.RESPONDING:
+            keys = derive_session_keys(self._keys, datagram.salt)
+            cipher = SessionCipher(send_key=keys.c2s, recv_key=keys.s2c)
+        elif ptype is PacketType.ACCEPT and datagram.salt != self._salt:
+            self.drops["stale_accept"] += 1  # another session's ACCEPT; ours is settled
+            return
+        if cipher is None:
             self.drops["unexpected"] += 1
             return
-        body = self._cipher.open_untrusted(datagram)
+        body = cipher.open_untrusted(datagram)
+        if self._cipher is None:
+            self._cipher = cipher
+            self._salt = datagram.salt
         self._last_recv = now
         self._received.on_receive(datagram.seq, now)
-        ptype = datagram.type
         if ptype is PacketType.ACCEPT:
             if self.state is ClientState.RESPONDING:
                 self._on_accept(decode_accept_untrusted(body), now)
         elif ptype is PacketType.SERVER_UPDATE:
             if self.state is ClientState.CONNECTED:
-                self._on_update(body, now)
+                self._on_update(body, datagram.seq, now)
         elif ptype is PacketType.DISCONNECT:
             msg = decode_disconnect_untrusted(body)
             self._close(msg.reason.name.lower())
@@ -245,11 +262,13 @@ class ClientConnection:
         self._events.append(Accepted(accept))
         self._send_update(now)
 
-    def _on_update(self, body: bytes, now: float) -> None:
+    def _on_update(self, body: bytes, seq: int, now: float) -> None:
         msg = decode_server_update_untrusted(body)
         self._sent.on_ack(msg.ack, msg.ack_bits, msg.ack_delay_us, now)
         self._ack_inputs(msg.input_ack)
-        self.room_state = msg.state
+        if seq > self._newest_update:  # a reordered older update must not roll the state back
+            self._newest_update = seq
+            self.room_state = msg.state
         self.last_server_frame = max(self.last_server_frame, msg.last_frame)
         if msg.frames and msg.first_frame > self.frame_ack + 1:
             self.drops["frame_gap"] += 1
@@ -285,7 +304,11 @@ class ClientConnection:
             return
         if now >= self._started + self._connect_timeout:
             self._close("connect_timeout")
-        elif now >= self._last_send + self._resend:
+            return
+        if self._cookie is not None and now - self._cookie_at >= COOKIE_EPOCH / 2:
+            self._cookie = None  # it may expire before the room sees it: ask for a new one
+            self.state = ClientState.CONNECTING
+        if now >= self._last_send + self._resend:
             self._send_handshake(now)
 
     def _send_handshake(self, now: float) -> None:
@@ -319,10 +342,11 @@ class ClientConnection:
         self._emit_sealed(PacketType.CLIENT_UPDATE, body, now)
 
     def _emit_sealed(self, ptype: PacketType, body: bytes, now: float) -> None:
-        seq = self._cipher.next_seq
-        self._sent.on_send(seq, now)
+        cipher = self._cipher
+        assert cipher is not None, "sealed datagrams are only sent once connected"
+        self._sent.on_send(cipher.next_seq, now)
         self._last_send = now
-        self._outbox.append((self._cipher.seal(ptype, body), self.server))
+        self._outbox.append((cipher.seal(ptype, body), self.server))
 
     def _close(self, reason: str) -> None:
         if self.state is not ClientState.DISCONNECTED:

@@ -50,7 +50,9 @@ class CookieJar:
     def _tag(self, epoch: int, addr: Address, ticket: bytes) -> bytes:
         mac = hashlib.blake2b(key=self._key(epoch), digest_size=_TAG_SIZE)
         mac.update(_EPOCH.pack(epoch))
-        mac.update(_address_bytes(addr))
+        address = _address_bytes(addr)
+        mac.update(len(address).to_bytes(2, "little"))
+        mac.update(address)
         mac.update(ticket)
         return mac.digest()
 

@@ -21,6 +21,7 @@ from battle.ticket import ClientKeys
 MAX_INPUTS_PER_PACKET = 64
 """Unacknowledged inputs a client may carry in one packet."""
 MAX_INPUT_SIZE = 255
+U64_MAX = (1 << 64) - 1
 """Hard wire cap on one input; rooms usually configure far less."""
 
 
@@ -112,7 +113,7 @@ def _unpack_untrusted(body: bytes) -> list[Any]:
     return obj
 
 
-def _uint(value: object, limit: int = (1 << 64) - 1) -> int:
+def _uint(value: object, limit: int = U64_MAX) -> int:
     if type(value) is not int or not 0 <= value <= limit:
         raise BadDatagram("bad_field", "expected unsigned int")
     return value
@@ -207,7 +208,7 @@ def decode_server_update_untrusted(body: bytes) -> ServerUpdate:
     frames_raw = f[5]
     if type(frames_raw) is not list:
         raise BadDatagram("bad_field", "frames")
-    if frames_raw and first < 1:
+    if frames_raw and not 1 <= first <= U64_MAX - len(frames_raw) + 1:
         raise BadDatagram("bad_field", "first frame")
     frames = tuple(_decode_frame(first + i, raw) for i, raw in enumerate(frames_raw))
     return ServerUpdate(

@@ -8,7 +8,9 @@ peer changes nothing for the others. Pure: time is an argument and output goes t
 
 from __future__ import annotations
 
+import os
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -40,9 +42,13 @@ from battle.session import Address, Session
 from battle.ticket import FLAG_RECONNECT, Ticket, issue_ticket
 from battle.wire import MAX_SEALED_BODY, DenyReason, PacketType, Sealed
 
-_UPDATE_PREFIX_MAX = 48
-"""Upper bound of a SERVER_UPDATE body without its frames (eight msgpack ints)."""
+_UPDATE_PREFIX_MAX = 56
+"""Upper bound of a SERVER_UPDATE body without its frames (seven msgpack ints, headers)."""
 FRAME_BUDGET = MAX_SEALED_BODY - _UPDATE_PREFIX_MAX
+_INPUT_COST = 14
+"""Worst-case msgpack bytes of one input in a frame besides its data (slot, seq, bin header)."""
+MAX_PENDING_SESSIONS = 4
+"""Handshakes per slot awaiting their first sealed datagram; the first to send one wins."""
 """A closed frame must fit one datagram on its own; inputs beyond this are dropped."""
 _ENDED_DISCONNECT_COPIES = 3
 
@@ -57,6 +63,8 @@ class CoreSink:
     stats: Counter[str] = field(default_factory=Counter)
     released: list[Address] = field(default_factory=list)
     """Addresses whose sessions ended; the host forgets their routes."""
+    entropy: Callable[[int], bytes] = os.urandom
+    """Source of session salts; tests pass a seeded one."""
 
 
 class PeerStatus(Enum):
@@ -83,7 +91,8 @@ class Peer:
         self.entry = entry
         self.status = PeerStatus.NEVER_CONNECTED
         self.session: Session | None = None
-        self.pending: Session | None = None
+        self.pending: list[Session] = []
+        """Proven addresses that were sent ACCEPT but have not yet sent a sealed datagram."""
         self.input_ack = 0
         """Highest input sequence received with none missing before it."""
         self.queued: list[FrameInput] = []
@@ -144,9 +153,12 @@ class Room:
 
     def session_for(self, slot: int, address: Address) -> Session | None:
         peer = self.peers[slot]
-        for session in (peer.session, peer.pending):
-            if session is not None and session.address == address:
-                return session
+        session = peer.session
+        if session is not None and session.address == address:
+            return session
+        for pending in peer.pending:
+            if pending.address == address:
+                return pending
         return None
 
     def next_deadline(self) -> float | None:
@@ -168,21 +180,18 @@ class Room:
         if self.state is RoomState.ENDED:
             return DenyReason.ROOM_ENDED
         peer = self.peers[ticket.slot]
-        for existing in (peer.session, peer.pending):
-            if (
-                existing is not None
-                and existing.address == address
-                and existing.ticket_nonce == ticket.nonce
-            ):
-                self._send_accept(peer, existing, now)
-                return None
-        if peer.pending is not None:
-            self._release(peer.pending.address)
-        session = Session(address, ticket.keys, ticket.nonce, now)
-        if peer.session is not None and peer.session.address == address:
-            # Same address, new ticket (a restarted client): take over at once.
-            self._drop_session(peer, "replaced", now, notify=False)
-        peer.pending = session
+        existing = self.session_for(ticket.slot, address)
+        if existing is not None and existing.ticket_nonce == ticket.nonce:
+            self._send_accept(peer, existing, now)  # our ACCEPT was lost: same session again
+            return None
+        # A new session never displaces the live one or another pending one here: it must
+        # first prove it holds the keys. Only the oldest pending is evicted past the cap.
+        if existing is not None and existing is not peer.session:
+            peer.pending.remove(existing)
+        if len(peer.pending) >= MAX_PENDING_SESSIONS:
+            self._release(peer.pending.pop(0).address)
+        session = Session(address, ticket.keys, ticket.nonce, self._sink.entropy(16), now)
+        peer.pending.append(session)
         self._sink.stats["sessions_pending"] += 1
         self._send_accept(peer, session, now)
         return None
@@ -226,16 +235,11 @@ class Room:
 
     def receive_sealed(self, slot: int, datagram: Sealed, address: Address, now: float) -> None:
         """Authenticate, then act on one session datagram. Drops are counted, never raised."""
-        session = self.session_for(slot, address)
-        if session is None:
-            self._sink.drops["unknown_address"] += 1
-            return
-        try:
-            body = session.cipher.open_untrusted(datagram)
-        except BadDatagram as exc:
-            self._sink.drops[exc.reason] += 1
-            return
         peer = self.peers[slot]
+        opened = self._open(peer, datagram, address)
+        if opened is None:
+            return
+        session, body = opened
         if not session.confirmed:
             self._confirm(peer, session, now)
         session.last_recv = now
@@ -256,13 +260,33 @@ class Room:
         except BadDatagram as exc:
             self._sink.drops[exc.reason] += 1
 
+    def _open(self, peer: Peer, datagram: Sealed, address: Address) -> tuple[Session, bytes] | None:
+        """Authenticate with the live session at this address, else with a pending one there
+        (a client restarted on the same address holds new session keys)."""
+        reason = "unknown_address"
+        candidates = [peer.session] if peer.session is not None else []
+        candidates += peer.pending
+        for session in candidates:
+            if session.address != address:
+                continue
+            try:
+                return session, session.cipher.open_untrusted(datagram)
+            except BadDatagram as exc:
+                reason = exc.reason
+        self._sink.drops[reason] += 1
+        return None
+
     def _confirm(self, peer: Peer, session: Session, now: float) -> None:
         """The first authenticated datagram proves key possession: the session goes live."""
         reconnected = peer.status is not PeerStatus.NEVER_CONNECTED
         if peer.session is not None:
-            self._drop_session(peer, "replaced", now, notify=True)
+            same_address = peer.session.address == session.address
+            self._drop_session(peer, "replaced", now, notify=not same_address)
         session.confirmed = True
-        peer.pending = None
+        for other in peer.pending:
+            if other is not session:
+                self._release(other.address)
+        peer.pending = []
         peer.session = session
         peer.status = PeerStatus.CONNECTED
         peer.frame_ack = 0
@@ -369,7 +393,7 @@ class Room:
                 continue
             taken = 0
             for item in queued:
-                cost = len(item.data) + 12
+                cost = len(item.data) + _INPUT_COST
                 if taken == cap or cost > budget:
                     break
                 budget -= cost
@@ -433,10 +457,10 @@ class Room:
                 and now - session.last_recv >= timeout
             ):
                 self._drop_session(peer, "timed_out", now, notify=True)
-            pending = peer.pending
-            if pending is not None and now - pending.last_recv >= timeout:
-                self._release(pending.address)
-                peer.pending = None
+            if peer.pending:
+                for stale in [p for p in peer.pending if now - p.last_recv >= timeout]:
+                    peer.pending.remove(stale)
+                    self._release(stale.address)
 
     def _drop_session(self, peer: Peer, reason: str, now: float, *, notify: bool) -> None:
         session = peer.session
@@ -478,9 +502,9 @@ class Room:
         self._next_tick = now + self._interval
         self._sink.events.append(RoomEnded(self.room_id, self.last_frame, reason))
         for peer in self.peers:
-            if peer.pending is not None:
-                self._release(peer.pending.address)
-                peer.pending = None
+            for pending in peer.pending:
+                self._release(pending.address)
+            peer.pending = []
             if peer.session is not None and peer.frame_ack >= self.last_frame:
                 self._finish_peer(peer, now)
 

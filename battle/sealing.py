@@ -1,23 +1,40 @@
 """Session sealing: every datagram after the handshake is encrypted and authenticated.
 
-Each direction has its own key, so the sender's sequence number can be the AEAD nonce
-without ever repeating under one key. The 10-byte header is associated data: a flipped type
-or sequence byte fails authentication like a flipped body byte. A sliding replay window
-drops repeats and very old datagrams after (never before) authentication succeeds.
+Each session has its own pair of keys, derived from the ticket's keys and a random salt the
+room picks when it accepts the session (sent in the clear in ACCEPT). Sequence numbers restart
+at 1 in every session, so without the salt a second session from the same ticket (a retry, a
+restarted client, or someone who copied the ticket off the wire) would reuse nonces under one
+key, and a datagram captured from one session would authenticate in another. Each direction
+has its own key, so the sender's sequence number can be the AEAD nonce. The header is
+associated data: a flipped type or sequence byte fails authentication like a body byte.
+A sliding replay window drops repeats and very old datagrams after (never before)
+authentication succeeds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from battle.errors import BadDatagram
-from battle.wire import PacketType, Sealed, sealed_header
+from battle.ticket import KEY_SIZE, ClientKeys
+from battle.wire import SESSION_SALT_SIZE, PacketType, Sealed, sealed_header
 
 REPLAY_WINDOW = 1024
 _NONCE = struct.Struct("<Q4x")
+
+
+def derive_session_keys(keys: ClientKeys, salt: bytes) -> ClientKeys:
+    """Per-session keys: keyed BLAKE2b of a direction label and the room's salt."""
+    if len(salt) != SESSION_SALT_SIZE:
+        raise ValueError("session salt must be 16 bytes")
+    return ClientKeys(
+        hashlib.blake2b(b"framesync c2s" + salt, key=keys.c2s, digest_size=KEY_SIZE).digest(),
+        hashlib.blake2b(b"framesync s2c" + salt, key=keys.s2c, digest_size=KEY_SIZE).digest(),
+    )
 
 
 def _nonce(seq: int) -> bytes:
@@ -43,7 +60,10 @@ class ReplayWindow:
     def mark(self, seq: int) -> None:
         if seq > self.highest:
             shift = seq - self.highest
-            self._bits = ((self._bits << shift) | 1) & ((1 << self.size) - 1)
+            if shift >= self.size:
+                self._bits = 1  # a jump past the window: everything before it is now too old
+            else:
+                self._bits = ((self._bits << shift) | 1) & ((1 << self.size) - 1)
             self.highest = seq
         else:
             self._bits |= 1 << (self.highest - seq)
@@ -60,10 +80,11 @@ class SessionCipher:
         self.next_seq = 1
         self.replay = ReplayWindow()
 
-    def seal(self, ptype: PacketType, body: bytes) -> bytes:
+    def seal(self, ptype: PacketType, body: bytes, *, salt: bytes = b"") -> bytes:
+        """Seal the next datagram; `salt` is set only on ACCEPT, where it rides in the clear."""
         seq = self.next_seq
         self.next_seq = seq + 1
-        header = sealed_header(ptype, seq)
+        header = sealed_header(ptype, seq) + salt
         return header + self._send.encrypt(_nonce(seq), body, header)
 
     def open_untrusted(self, datagram: Sealed) -> bytes:

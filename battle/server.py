@@ -9,12 +9,15 @@ CONNECT_RESPONSE) nothing is allocated and nothing larger than the request is se
 from __future__ import annotations
 
 import heapq
+import os
 from collections import Counter
+from collections.abc import Callable
 
 from battle.config import RoomConfig, RosterEntry
 from battle.cookie import CookieJar
 from battle.errors import BadDatagram, TicketRejected
 from battle.events import Event
+from battle.messages import RoomState
 from battle.room import CoreSink, Room
 from battle.session import Address
 from battle.ticket import KEY_SIZE, Ticket, open_ticket, ticket_room_untrusted
@@ -32,15 +35,21 @@ class HostCore:
     """Every room of one room host process, behind one datagram interface."""
 
     def __init__(
-        self, ticket_key: bytes, cookie_secret: bytes, *, clock_offset: float = 0.0
+        self,
+        ticket_key: bytes,
+        cookie_secret: bytes,
+        *,
+        clock_offset: float = 0.0,
+        entropy: Callable[[int], bytes] = os.urandom,
     ) -> None:
-        """`clock_offset` converts the caller's clock to unix time for ticket expiry."""
+        """`clock_offset` converts the caller's clock to unix time for ticket expiry;
+        `entropy` makes session salts (tests pass a seeded source for exact re-runs)."""
         if len(ticket_key) != KEY_SIZE:
             raise ValueError("ticket key must be 32 bytes")
         self.ticket_key = ticket_key
         self.clock_offset = clock_offset
         self.rooms: dict[int, Room] = {}
-        self.sink = CoreSink()
+        self.sink = CoreSink(entropy=entropy)
         self._cookies = CookieJar(cookie_secret)
         self._routes: dict[Address, tuple[Room, int]] = {}
         self._schedule: list[tuple[float, int]] = []
@@ -147,7 +156,7 @@ class HostCore:
         if opened is None:
             return
         room, _ = opened
-        if room.state.name == "ENDED":
+        if room.state is RoomState.ENDED:
             self.sink.drops["room_ended"] += 1
             return
         self.sink.stats["challenges_sent"] += 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from battle.reliability import ReceivedTracker, SentTracker
-from battle.sealing import SessionCipher
+from battle.sealing import SessionCipher, derive_session_keys
 from battle.ticket import ClientKeys
 from battle.wire import PacketType
 
@@ -20,13 +20,18 @@ class Session:
         "last_recv",
         "last_send",
         "received",
+        "salt",
         "sent",
         "ticket_nonce",
     )
 
-    def __init__(self, address: Address, keys: ClientKeys, ticket_nonce: bytes, now: float) -> None:
+    def __init__(
+        self, address: Address, keys: ClientKeys, ticket_nonce: bytes, salt: bytes, now: float
+    ) -> None:
         self.address = address
-        self.cipher = SessionCipher(send_key=keys.s2c, recv_key=keys.c2s)
+        self.salt = salt
+        session_keys = derive_session_keys(keys, salt)
+        self.cipher = SessionCipher(send_key=session_keys.s2c, recv_key=session_keys.c2s)
         self.ticket_nonce = ticket_nonce
         self.received = ReceivedTracker()
         self.sent = SentTracker()
@@ -39,4 +44,5 @@ class Session:
         seq = self.cipher.next_seq
         self.sent.on_send(seq, now)
         self.last_send = now
-        return self.cipher.seal(ptype, body)
+        salt = self.salt if ptype is PacketType.ACCEPT else b""
+        return self.cipher.seal(ptype, body, salt=salt)

@@ -89,6 +89,8 @@ def issue_ticket(
             raise ValueError(f"{name} must fit in a u64")
     if not 0 <= slot <= 255 or not 0 <= team <= 255 or not 0 <= flags <= 0xFFFF:
         raise ValueError("slot and team must fit in a byte, flags in a u16")
+    if not 0 <= round(expires_at * 1000) <= U64_MAX:
+        raise ValueError("expires_at must be unix seconds within a u64 of milliseconds")
     if nonce is None:
         nonce = os.urandom(NONCE_SIZE)
     if len(nonce) != NONCE_SIZE:
@@ -105,6 +107,8 @@ def issue_ticket(
 
 def ticket_room_untrusted(ticket: bytes) -> tuple[float, int]:
     """Expiry (unix seconds) and room id from the clear part; not yet authenticated."""
+    if len(ticket) != TICKET_SIZE:
+        raise TicketRejected("ticket_invalid")
     expires_ms, room_id = _CLEAR.unpack_from(ticket)
     return expires_ms / 1000.0, room_id
 

@@ -24,6 +24,9 @@ CONNECT_REQUEST_SIZE = 512
 SEALED_HEADER = struct.Struct("<BBQ")
 """magic, type, sequence number (also the AEAD nonce)."""
 SEALED_HEADER_SIZE = SEALED_HEADER.size
+SESSION_SALT_SIZE = 16
+ACCEPT_HEADER_SIZE = SEALED_HEADER_SIZE + SESSION_SALT_SIZE
+"""ACCEPT carries the room's random session salt in the clear after the usual header."""
 AEAD_TAG_SIZE = 16
 SEALED_OVERHEAD = SEALED_HEADER_SIZE + AEAD_TAG_SIZE
 MAX_SEALED_BODY = MAX_DATAGRAM - SEALED_OVERHEAD
@@ -87,7 +90,10 @@ class Sealed:
     type: PacketType
     seq: int
     header: bytes
+    """Authenticated as associated data: the 10-byte header (26 with ACCEPT's salt)."""
     ciphertext: bytes
+    salt: bytes = b""
+    """Only on ACCEPT: the salt from which both sides derive this session's keys."""
 
 
 Datagram = ConnectRequest | Challenge | ConnectResponse | Denied | Sealed
@@ -111,9 +117,19 @@ def decode_datagram_untrusted(data: bytes) -> Datagram:
     if ptype is None:
         raise BadDatagram("bad_type")
     if ptype in SEALED_TYPES:
+        _, _, seq = SEALED_HEADER.unpack_from(data) if size >= SEALED_HEADER_SIZE else (0, 0, 0)
+        if ptype is PacketType.ACCEPT:
+            if size < ACCEPT_HEADER_SIZE + AEAD_TAG_SIZE:
+                raise BadDatagram("bad_size")
+            return Sealed(
+                ptype,
+                seq,
+                data[:ACCEPT_HEADER_SIZE],
+                data[ACCEPT_HEADER_SIZE:],
+                data[SEALED_HEADER_SIZE:ACCEPT_HEADER_SIZE],
+            )
         if size < SEALED_OVERHEAD:
             raise BadDatagram("bad_size")
-        _, _, seq = SEALED_HEADER.unpack_from(data)
         return Sealed(ptype, seq, data[:SEALED_HEADER_SIZE], data[SEALED_HEADER_SIZE:])
     if ptype is PacketType.CONNECT_REQUEST:
         if size != CONNECT_REQUEST_SIZE:

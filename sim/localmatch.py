@@ -63,7 +63,10 @@ class LocalMatch:
         self.network = SimNetwork(seed, profile or LinkProfile.perfect())
         rng = random.Random(seed)
         key = rng.randbytes(32)
-        self.host = HostCore(key, rng.randbytes(32), clock_offset=UNIX_EPOCH_OFFSET)
+        salts = random.Random(f"{seed}:salts")
+        self.host = HostCore(
+            key, rng.randbytes(32), clock_offset=UNIX_EPOCH_OFFSET, entropy=salts.randbytes
+        )
         roster = tuple(RosterEntry(slot, 100 + slot, slot % 2) for slot in range(players))
         self.room = self.host.create_room(
             ROOM_ID, MATCH_ID, rng.getrandbits(64), roster, self.config, 0.0
