@@ -7,25 +7,38 @@ acknowledges the last contiguous frame it holds, so the room resends exactly wha
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter, deque
 from dataclasses import dataclass
 from enum import Enum
 
+from battle.catchup import AgreedSnapshot, SnapshotAssembler
+from battle.consensus import canonical_result
 from battle.cookie import COOKIE_EPOCH
 from battle.errors import BadDatagram
 from battle.frames import Frame
 from battle.messages import (
+    MAX_HASH_REPORTS,
     MAX_INPUTS_PER_PACKET,
+    MAX_RESULT_SIZE,
+    MAX_SNAPSHOT_SIZE,
+    SNAPSHOT_CHUNK_SIZE,
     Accept,
+    Catchup,
     ClientUpdate,
+    DesyncNotice,
     Disconnect,
     DisconnectReason,
     RoomState,
+    SnapshotChunk,
     decode_accept_untrusted,
+    decode_catchup_untrusted,
     decode_disconnect_untrusted,
     decode_server_update_untrusted,
+    decode_snapshot_chunk_untrusted,
     encode_client_update,
     encode_disconnect,
+    encode_snapshot_chunk,
 )
 from battle.reliability import LinkStats, ReceivedTracker, SentTracker
 from battle.sealing import SessionCipher, derive_session_keys
@@ -64,11 +77,33 @@ class FrameReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotReceived:
+    """An agreed state to load instead of simulating every frame up to `frame`."""
+
+    frame: int
+    hash: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DesyncAnnounced:
+    """The room found diverging state hashes: dump state for the replay tool."""
+
+    notice: DesyncNotice
+
+
+@dataclass(frozen=True, slots=True)
 class Disconnected:
     reason: str
 
 
-ClientEvent = Accepted | FrameReceived | Disconnected
+ClientEvent = Accepted | FrameReceived | SnapshotReceived | DesyncAnnounced | Disconnected
+
+_LEFT_BODY = encode_disconnect(Disconnect(DisconnectReason.LEFT))
+_MAX_BUFFERED_RUNS = 256
+_MAX_PENDING_HASHES = 1024
+_UPLOAD_CHUNKS_PER_SEND = 8
+_UPLOAD_RETRY = 1.0
 
 
 class ClientConnection:
@@ -85,8 +120,10 @@ class ClientConnection:
         next_input_seq: int = 1,
         connect_timeout: float = 10.0,
         resend_interval: float = 0.1,
+        prefer_snapshot: bool = False,
     ) -> None:
-        """`frame_ack` and `next_input_seq` let a reconnecting client continue where it was."""
+        """`frame_ack` and `next_input_seq` let a reconnecting client continue where it was;
+        `prefer_snapshot` asks for the latest agreed snapshot instead of every old frame."""
         self.server = server
         self.state = ClientState.CONNECTING
         self.accept: Accept | None = None
@@ -119,6 +156,18 @@ class ClientConnection:
         self._input_sent_at: dict[int, float] = {}
         self._outbox: list[tuple[bytes, Address]] = []
         self._events: deque[ClientEvent] = deque()
+        self.prefer_snapshot = prefer_snapshot
+        self.desync: DesyncNotice | None = None
+        self.result_acked = False
+        self._runs: dict[int, tuple[Frame, ...]] = {}
+        """CATCHUP runs that arrived ahead of a missing one, by first frame."""
+        self._hashes: deque[tuple[int, int]] = deque()
+        self._result: bytes | None = None
+        self._snapshot_in = SnapshotAssembler(MAX_SNAPSHOT_SIZE)
+        self._upload: AgreedSnapshot | None = None
+        self._upload_offset = 0
+        self._upload_pass_at = 0.0
+        self.snapshot_ack = 0
         self.tick(now)
 
     # -- API -----------------------------------------------------------------------------
@@ -134,6 +183,36 @@ class ClientConnection:
     @property
     def next_input_seq(self) -> int:
         return self._next_seq
+
+    @property
+    def frames_behind(self) -> int:
+        """Frames the room has closed that this client does not hold yet (catch-up progress)."""
+        return max(0, self.last_server_frame - self.frame_ack)
+
+    def report_hash(self, frame: int, state_hash: int) -> None:
+        """Queue this client's state hash for a frame; it rides in packets until acknowledged."""
+        if not 0 <= state_hash < 1 << 64:
+            raise ValueError("state hash must be a u64")
+        if self._hashes and frame <= self._hashes[-1][0]:
+            raise ValueError("hash reports must be for increasing frames")
+        self._hashes.append((frame, state_hash))
+        if len(self._hashes) > _MAX_PENDING_HASHES:
+            self._hashes.popleft()
+
+    def report_result(self, result: dict[str, object]) -> None:
+        """The match result as this client computed it; the room takes the majority."""
+        encoded = canonical_result(result)
+        if len(encoded) > MAX_RESULT_SIZE:
+            raise ValueError(f"result is larger than {MAX_RESULT_SIZE} bytes encoded")
+        self._result = encoded
+
+    def upload_snapshot(self, frame: int, state_hash: int, data: bytes, now: float) -> None:
+        """Offer the room an opaque state for `frame`; kept if its hash matches the majority."""
+        if not data or len(data) > MAX_SNAPSHOT_SIZE:
+            raise ValueError("snapshot must be 1 byte to 1 MiB")
+        self._upload = AgreedSnapshot(frame, state_hash, data)
+        self._upload_offset = 0
+        self._upload_pass_at = now
 
     def send_input(self, data: bytes, now: float, *, flush: bool = True) -> int:
         """Queue one input; it is carried in every packet until the room acknowledges it."""
@@ -162,7 +241,10 @@ class ClientConnection:
             next_input_seq=self._next_seq,
             connect_timeout=self._connect_timeout,
             resend_interval=self._resend,
+            prefer_snapshot=self.prefer_snapshot,
         )
+        successor._hashes.extend(self._hashes)
+        successor._result = self._result
         successor._unacked.extend(self._unacked)
         successor._input_sent_at.update(self._input_sent_at)
         successor.input_latencies = self.input_latencies
@@ -170,9 +252,8 @@ class ClientConnection:
 
     def disconnect(self, now: float) -> None:
         if self.state is ClientState.CONNECTED:
-            body = encode_disconnect(Disconnect(DisconnectReason.LEFT))
             for _ in range(3):
-                self._emit_sealed(PacketType.DISCONNECT, body, now)
+                self._emit_sealed(PacketType.DISCONNECT, _LEFT_BODY, now)
         self._close("left")
 
     def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
@@ -243,6 +324,12 @@ class ClientConnection:
         elif ptype is PacketType.SERVER_UPDATE:
             if self.state is ClientState.CONNECTED:
                 self._on_update(body, datagram.seq, now)
+        elif ptype is PacketType.CATCHUP:
+            if self.state is ClientState.CONNECTED:
+                self._on_catchup(decode_catchup_untrusted(body), now)
+        elif ptype is PacketType.SNAPSHOT:
+            if self.state is ClientState.CONNECTED:
+                self._on_snapshot(decode_snapshot_chunk_untrusted(body))
         elif ptype is PacketType.DISCONNECT:
             msg = decode_disconnect_untrusted(body)
             self._close(msg.reason.name.lower())
@@ -266,6 +353,15 @@ class ClientConnection:
         msg = decode_server_update_untrusted(body)
         self._sent.on_ack(msg.ack, msg.ack_bits, msg.ack_delay_us, now)
         self._ack_inputs(msg.input_ack)
+        hashes = self._hashes
+        while hashes and hashes[0][0] <= msg.hash_ack:
+            hashes.popleft()
+        if msg.result_ack:
+            self.result_acked = True
+        self.snapshot_ack = max(self.snapshot_ack, msg.snapshot_ack)
+        if msg.desync is not None and msg.desync != self.desync:
+            self.desync = msg.desync
+            self._events.append(DesyncAnnounced(msg.desync))
         if seq > self._newest_update:  # a reordered older update must not roll the state back
             self._newest_update = seq
             self.room_state = msg.state
@@ -273,9 +369,17 @@ class ClientConnection:
         if msg.frames and msg.first_frame > self.frame_ack + 1:
             self.drops["frame_gap"] += 1
             return
+        self._deliver(msg.frames, now)
+        if self.room_state is RoomState.ENDED and self.frame_ack >= msg.last_frame:
+            # Nothing more will come: say so (the room stops resending) rather than wait.
+            self._emit_sealed(PacketType.DISCONNECT, _LEFT_BODY, now)
+            self._close("room_ended")
+
+    def _deliver(self, frames: tuple[Frame, ...], now: float) -> None:
+        """Hand frames to the game strictly in order: no gap, no duplicate."""
         assert self.accept is not None
         slot = self.accept.slot
-        for frame in msg.frames:
+        for frame in frames:
             if frame.number != self.frame_ack + 1:
                 continue
             self.frame_ack = frame.number
@@ -285,6 +389,45 @@ class ClientConnection:
                     if sent_at is not None:
                         self.input_latencies.append(now - sent_at)
             self._events.append(FrameReceived(frame, now))
+
+    def _on_catchup(self, run: Catchup, now: float) -> None:
+        self.last_server_frame = max(self.last_server_frame, run.last_frame)
+        end = run.first_frame + len(run.frames) - 1
+        if end <= self.frame_ack:
+            return
+        if run.first_frame > self.frame_ack + 1:
+            if len(self._runs) < _MAX_BUFFERED_RUNS:
+                self._runs[run.first_frame] = run.frames
+            return
+        self._deliver(run.frames, now)
+        self._drain_runs(now)
+
+    def _drain_runs(self, now: float) -> None:
+        runs = self._runs
+        while runs:
+            for first in sorted(runs):
+                frames = runs[first]
+                if first + len(frames) - 1 <= self.frame_ack:
+                    del runs[first]
+                elif first <= self.frame_ack + 1:
+                    del runs[first]
+                    self._deliver(frames, now)
+                    break
+            else:
+                return
+
+    def _on_snapshot(self, chunk: SnapshotChunk) -> None:
+        if chunk.frame <= self.frame_ack:
+            return
+        try:
+            snap = self._snapshot_in.add(chunk)
+        except ValueError as exc:
+            self.drops[str(exc)] += 1
+            return
+        if snap is not None:
+            self.frame_ack = snap.frame
+            self.prefer_snapshot = False
+            self._events.append(SnapshotReceived(snap.frame, snap.hash, snap.data))
 
     def _ack_inputs(self, input_ack: int) -> None:
         unacked = self._unacked
@@ -297,7 +440,7 @@ class ClientConnection:
         if self.state is ClientState.DISCONNECTED:
             return
         if self.state is ClientState.CONNECTED:
-            if now - self._last_recv >= self._timeout:
+            if now >= self._last_recv + self._timeout:
                 self._close("timed_out")
             elif now >= self._last_send + self._send_interval:
                 self._send_update(now)
@@ -329,6 +472,12 @@ class ClientConnection:
             budget -= len(data) + 3
             inputs.append(data)
         received = self._received
+        accept = self.accept
+        want_snapshot = (
+            self.prefer_snapshot
+            and accept is not None
+            and accept.snapshot_frame > self.frame_ack + accept.redundancy_frames
+        )
         body = encode_client_update(
             ClientUpdate(
                 ack=received.ack,
@@ -337,9 +486,36 @@ class ClientConnection:
                 frame_ack=self.frame_ack,
                 input_first=first,
                 inputs=tuple(inputs),
+                hashes=tuple(itertools.islice(self._hashes, MAX_HASH_REPORTS)),
+                result=None if self.result_acked else self._result,
+                want_snapshot=want_snapshot,
             )
         )
         self._emit_sealed(PacketType.CLIENT_UPDATE, body, now)
+        self._send_upload(now)
+
+    def _send_upload(self, now: float) -> None:
+        """A few snapshot fragments per packet until the room confirms the whole upload."""
+        upload = self._upload
+        if upload is None:
+            return
+        if self.snapshot_ack >= upload.frame:
+            self._upload = None
+            return
+        size = len(upload.data)
+        if self._upload_offset >= size:
+            if now - self._upload_pass_at < _UPLOAD_RETRY:
+                return
+            self._upload_offset = 0
+        for _ in range(_UPLOAD_CHUNKS_PER_SEND):
+            offset = self._upload_offset
+            if offset >= size:
+                self._upload_pass_at = now
+                break
+            piece = upload.data[offset : offset + SNAPSHOT_CHUNK_SIZE]
+            chunk = SnapshotChunk(upload.frame, upload.hash, size, offset, piece)
+            self._emit_sealed(PacketType.SNAPSHOT, encode_snapshot_chunk(chunk), now)
+            self._upload_offset = offset + len(piece)
 
     def _emit_sealed(self, ptype: PacketType, body: bytes, now: float) -> None:
         cipher = self._cipher

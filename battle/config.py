@@ -39,6 +39,13 @@ class RoomConfig:
     disconnect_timeout: float = 5.0
     """A peer silent this long is disconnected; its slot is kept."""
     max_duration: float = 3600.0
+    catchup_rate: float = 4_000_000.0
+    """Bytes per second streamed to one peer catching up (frames or a snapshot)."""
+    max_snapshot_bytes: int = 256 * 1024
+    hash_timeout: float = 2.0
+    """A frame's state hashes are compared once all connected players reported or after this."""
+    result_timeout: float = 10.0
+    """After the first result report, accept what has been reported by then."""
     end_linger: float = 2.0
     """After the match ends, keep resending the last frames this long to peers missing them."""
     empty_timeout: float = 60.0
@@ -49,6 +56,10 @@ class RoomConfig:
             raise ValueError(f"tick_rate must be in [{MIN_TICK_RATE}, {MAX_TICK_RATE}]")
         if self.max_inputs_per_frame < 1 or self.max_input_bytes < 1:
             raise ValueError("input limits must be positive")
+        if self.max_input_bytes > 255:
+            raise ValueError("max_input_bytes is at most 255 (the wire cap)")
+        if self.catchup_rate <= 0 or not 0 < self.max_snapshot_bytes <= 1 << 20:
+            raise ValueError("catchup_rate must be positive, max_snapshot_bytes in (0, 1 MiB]")
         if self.min_players < 1:
             raise ValueError("min_players must be at least 1")
 

@@ -43,13 +43,67 @@ class FrameClosed:
 
 
 @dataclass(frozen=True, slots=True)
-class CatchUpNeeded:
+class CatchUpStarted:
     """A peer fell further behind than the redundancy window covers."""
 
     room_id: int
     slot: int
     frame_ack: int
     last_frame: int
+    snapshot_frame: int
+    """Frame of the agreed snapshot sent first, or 0 when only frames are streamed."""
+
+
+@dataclass(frozen=True, slots=True)
+class CatchUpFinished:
+    room_id: int
+    slot: int
+    frames: int
+    """Frames the peer gained during the catch-up."""
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChecksumAgreed:
+    """Every reporting client had the same state hash for this frame."""
+
+    room_id: int
+    frame: int
+    hash: int
+
+
+@dataclass(frozen=True, slots=True)
+class DesyncDetected:
+    room_id: int
+    frame: int
+    """First frame at which the minority diverged."""
+    majority_hash: int | None
+    """None when there was no strict majority (e.g. two players, two hashes)."""
+    minority: tuple[int, ...]
+    hashes: tuple[tuple[int, int], ...]
+    """(slot, hash) of every report for that frame."""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotAgreed:
+    room_id: int
+    frame: int
+    hash: int
+    size: int
+    slot: int
+    """Who uploaded it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResultDecided:
+    room_id: int
+    match_id: int
+    frame: int
+    result: bytes
+    """Canonical msgpack of the agreed result map."""
+    dissenters: tuple[int, ...]
+    reason: str
+    """'unanimous', 'majority' or 'timeout'."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,4 +113,16 @@ class RoomEnded:
     reason: str
 
 
-Event = PlayerConnected | PlayerDisconnected | RoomStarted | FrameClosed | CatchUpNeeded | RoomEnded
+Event = (
+    PlayerConnected
+    | PlayerDisconnected
+    | RoomStarted
+    | FrameClosed
+    | CatchUpStarted
+    | CatchUpFinished
+    | ChecksumAgreed
+    | DesyncDetected
+    | SnapshotAgreed
+    | ResultDecided
+    | RoomEnded
+)

@@ -7,6 +7,7 @@ add fields without breaking an older one. Every `*_untrusted` decoder raises onl
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -61,6 +62,8 @@ class Accept:
     redundancy_frames: int
     heartbeat_ms: int
     timeout_ms: int
+    snapshot_frame: int = 0
+    """Frame of the latest agreed snapshot the room can send instead of older frames."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,12 @@ class ClientUpdate:
     input_first: int
     """Sequence number of inputs[0]; inputs are consecutive."""
     inputs: tuple[bytes, ...] = ()
+    hashes: tuple[tuple[int, int], ...] = ()
+    """(frame, state hash) reports not yet acknowledged, oldest first."""
+    result: bytes | None = None
+    """The match result as canonical msgpack, repeated until acknowledged."""
+    want_snapshot: bool = False
+    """Catch up from the latest agreed snapshot rather than from frame_ack."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +97,55 @@ class ServerUpdate:
     frames: tuple[Frame, ...]
     last_frame: int
     state: RoomState
+    hash_ack: int = 0
+    """Highest frame whose hash report from this client the room holds."""
+    result_ack: bool = False
+    desync: DesyncNotice | None = None
+    snapshot_ack: int = 0
+    """Frame of the last snapshot this client uploaded completely."""
+
+
+@dataclass(frozen=True, slots=True)
+class DesyncNotice:
+    """The latest detected desync, repeated so clients can dump state for the replay tool."""
+
+    frame: int
+    minority: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Catchup:
+    """Room → client: a zlib-compressed run of consecutive frames for a client far behind."""
+
+    first_frame: int
+    frames: tuple[Frame, ...]
+    last_frame: int
+    """The live frame when sent, so the client can show progress."""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotChunk:
+    """One fragment of an opaque game-state snapshot, in either direction."""
+
+    frame: int
+    hash: int
+    total_size: int
+    offset: int
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class Disconnect:
     reason: DisconnectReason
 
+
+MAX_HASH_REPORTS = 32
+MAX_RESULT_SIZE = 512
+MAX_SNAPSHOT_SIZE = 1 << 20
+"""Hard wire cap; rooms configure their own, smaller limit."""
+SNAPSHOT_CHUNK_SIZE = 1024
+MAX_CATCHUP_RAW = 64 * 1024
+"""Largest decompressed CATCHUP payload a client accepts (a zlib bomb stops here)."""
 
 _packer = msgpack.Packer(use_bin_type=True, autoreset=True)
 
@@ -171,11 +223,16 @@ def encode_server_update_parts(
     encoded_frames: list[bytes],
     last_frame: int,
     state: RoomState,
+    tail: bytes = b"\x00\xc2\xc0\x00",
 ) -> bytes:
-    """Assemble a SERVER_UPDATE body from frames encoded once when they closed (hot path)."""
+    """Assemble a SERVER_UPDATE body from frames encoded once when they closed (hot path).
+
+    `tail` is the pre-encoded hash_ack, result_ack, desync and snapshot_ack fields
+    (`encode_update_tail`); the default is 0, false, nil, 0.
+    """
     return b"".join(
         (
-            b"\x98",
+            b"\x9c",
             _packb(ack),
             _packb(ack_bits),
             _packb(ack_delay_us),
@@ -185,8 +242,16 @@ def encode_server_update_parts(
             *encoded_frames,
             _packb(last_frame),
             _packb(int(state)),
+            tail,
         )
     )
+
+
+def encode_update_tail(
+    hash_ack: int, result_ack: bool, desync: DesyncNotice | None, snapshot_ack: int
+) -> bytes:
+    notice = None if desync is None else [desync.frame, list(desync.minority)]
+    return b"".join((_packb(hash_ack), _packb(result_ack), _packb(notice), _packb(snapshot_ack)))
 
 
 def encode_server_update(msg: ServerUpdate) -> bytes:
@@ -199,6 +264,7 @@ def encode_server_update(msg: ServerUpdate) -> bytes:
         [encode_frame(f) for f in msg.frames],
         msg.last_frame,
         msg.state,
+        encode_update_tail(msg.hash_ack, msg.result_ack, msg.desync, msg.snapshot_ack),
     )
 
 
@@ -220,7 +286,27 @@ def decode_server_update_untrusted(body: bytes) -> ServerUpdate:
         frames=frames,
         last_frame=_uint(f[6]),
         state=_room_state(f[7]),
+        hash_ack=_uint(f[8]) if len(f) > 8 else 0,
+        result_ack=_bool(f[9]) if len(f) > 9 else False,
+        desync=_desync(f[10]) if len(f) > 10 else None,
+        snapshot_ack=_uint(f[11]) if len(f) > 11 else 0,
     )
+
+
+def _bool(value: object) -> bool:
+    if type(value) is not bool:
+        raise BadDatagram("bad_field", "expected bool")
+    return value
+
+
+def _desync(value: object) -> DesyncNotice | None:
+    if value is None:
+        return None
+    if type(value) is not list or len(value) < 2 or type(value[1]) is not list:
+        raise BadDatagram("bad_field", "desync notice")
+    if len(value[1]) > 255:
+        raise BadDatagram("bad_field", "desync notice")
+    return DesyncNotice(_uint(value[0]), tuple(_uint(s, 255) for s in value[1]))
 
 
 def _room_state(value: object) -> RoomState:
@@ -239,6 +325,9 @@ def encode_client_update(msg: ClientUpdate) -> bytes:
             msg.frame_ack,
             msg.input_first,
             list(msg.inputs),
+            [[frame, value] for frame, value in msg.hashes],
+            msg.result,
+            msg.want_snapshot,
         ]
     )
 
@@ -255,7 +344,21 @@ def decode_client_update_untrusted(body: bytes) -> ClientUpdate:
         frame_ack=_uint(f[3]),
         input_first=_uint(f[4]),
         inputs=tuple(_bin(x, MAX_INPUT_SIZE) for x in inputs_raw),
+        hashes=_hashes(f[6]) if len(f) > 6 else (),
+        result=_bin(f[7], MAX_RESULT_SIZE) if len(f) > 7 and f[7] is not None else None,
+        want_snapshot=_bool(f[8]) if len(f) > 8 else False,
     )
+
+
+def _hashes(value: object) -> tuple[tuple[int, int], ...]:
+    if type(value) is not list or len(value) > MAX_HASH_REPORTS:
+        raise BadDatagram("bad_field", "hash reports")
+    out = []
+    for item in value:
+        if type(item) is not list or len(item) < 2:
+            raise BadDatagram("bad_field", "hash report")
+        out.append((_uint(item[0]), _uint(item[1])))
+    return tuple(out)
 
 
 def encode_accept(msg: Accept) -> bytes:
@@ -277,6 +380,7 @@ def encode_accept(msg: Accept) -> bytes:
             msg.redundancy_frames,
             msg.heartbeat_ms,
             msg.timeout_ms,
+            msg.snapshot_frame,
         ]
     )
 
@@ -307,6 +411,7 @@ def decode_accept_untrusted(body: bytes) -> Accept:
         redundancy_frames=_uint(f[13], 0xFFFF),
         heartbeat_ms=_uint(f[14], 0xFFFFFFFF),
         timeout_ms=_uint(f[15], 0xFFFFFFFF),
+        snapshot_frame=_uint(f[16]) if len(f) > 16 else 0,
     )
 
 
@@ -320,3 +425,61 @@ def decode_disconnect_untrusted(body: bytes) -> Disconnect:
         return Disconnect(DisconnectReason(_uint(f[0], 255)))
     except ValueError:
         raise BadDatagram("bad_field", "disconnect reason") from None
+
+
+def encode_catchup_parts(first_frame: int, count: int, last_frame: int, payload: bytes) -> bytes:
+    """A CATCHUP body around `payload`: zlib of the frames' encodings, concatenated."""
+    return b"".join(
+        (b"\x94", _packb(first_frame), _packb(count), _packb(last_frame), _packb(payload))
+    )
+
+
+def compress_frames(encoded_frames: list[bytes]) -> bytes:
+    return zlib.compress(b"".join(encoded_frames), 6)
+
+
+def encode_catchup(msg: Catchup) -> bytes:
+    payload = compress_frames([encode_frame(f) for f in msg.frames])
+    return encode_catchup_parts(msg.first_frame, len(msg.frames), msg.last_frame, payload)
+
+
+def decode_catchup_untrusted(body: bytes) -> Catchup:
+    f = _fields(body, 4)
+    first, count = _uint(f[0]), _uint(f[1], 0xFFFF)
+    if count == 0 or not 1 <= first <= U64_MAX - count + 1:
+        raise BadDatagram("bad_field", "catch-up range")
+    payload = _bin(f[3], 1200)
+    try:
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(payload, MAX_CATCHUP_RAW)
+        if inflater.unconsumed_tail or not inflater.eof:
+            raise BadDatagram("bad_field", "catch-up payload too large or incomplete")
+    except zlib.error:
+        raise BadDatagram("bad_field", "catch-up payload") from None
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_CATCHUP_RAW)
+    unpacker.feed(raw)
+    frames = []
+    try:
+        for i in range(count):
+            frames.append(_decode_frame(first + i, unpacker.unpack()))
+    except BadDatagram:
+        raise
+    except Exception as exc:  # OutOfData and msgpack's many garbage errors
+        raise BadDatagram("bad_field", f"catch-up frames: {type(exc).__name__}") from None
+    if unpacker.tell() != len(raw):
+        raise BadDatagram("bad_field", "catch-up payload has trailing data")
+    return Catchup(first, tuple(frames), _uint(f[2]))
+
+
+def encode_snapshot_chunk(msg: SnapshotChunk) -> bytes:
+    return _packb([msg.frame, msg.hash, msg.total_size, msg.offset, msg.data])
+
+
+def decode_snapshot_chunk_untrusted(body: bytes) -> SnapshotChunk:
+    f = _fields(body, 5)
+    total = _uint(f[2], MAX_SNAPSHOT_SIZE)
+    offset = _uint(f[3], MAX_SNAPSHOT_SIZE)
+    data = _bin(f[4], SNAPSHOT_CHUNK_SIZE)
+    if total == 0 or offset + len(data) > total or not data:
+        raise BadDatagram("bad_field", "snapshot chunk range")
+    return SnapshotChunk(_uint(f[0]), _uint(f[1]), total, offset, data)

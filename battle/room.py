@@ -8,36 +8,42 @@ peer changes nothing for the others. Pure: time is an argument and output goes t
 
 from __future__ import annotations
 
-import os
-from collections import Counter, deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum
-
+from battle.catchup import PUMP_INTERVAL, AgreedSnapshot, CatchupStream, ChunkCache
 from battle.config import RoomConfig, RosterEntry
+from battle.consensus import HashBook, ResultBallot
 from battle.errors import BadDatagram
 from battle.events import (
-    CatchUpNeeded,
-    Event,
+    CatchUpFinished,
+    CatchUpStarted,
+    ChecksumAgreed,
+    DesyncDetected,
     FrameClosed,
     PlayerConnected,
     PlayerDisconnected,
+    ResultDecided,
     RoomEnded,
     RoomStarted,
+    SnapshotAgreed,
 )
 from battle.frames import Frame, FrameInput
 from battle.messages import (
     Accept,
+    ClientUpdate,
+    DesyncNotice,
     Disconnect,
     DisconnectReason,
     RoomState,
     decode_client_update_untrusted,
     decode_disconnect_untrusted,
+    decode_snapshot_chunk_untrusted,
     encode_accept,
     encode_disconnect,
     encode_frame,
     encode_server_update_parts,
+    encode_snapshot_chunk,
+    encode_update_tail,
 )
+from battle.peer import CoreSink, Peer, PeerStatus
 from battle.session import Address, Session
 from battle.ticket import FLAG_RECONNECT, Ticket, issue_ticket
 from battle.wire import MAX_SEALED_BODY, DenyReason, PacketType, Sealed
@@ -49,55 +55,9 @@ _INPUT_COST = 14
 """Worst-case msgpack bytes of one input in a frame besides its data (slot, seq, bin header)."""
 MAX_PENDING_SESSIONS = 4
 """Handshakes per slot awaiting their first sealed datagram; the first to send one wins."""
-"""A closed frame must fit one datagram on its own; inputs beyond this are dropped."""
 _ENDED_DISCONNECT_COPIES = 3
-
-
-@dataclass(slots=True)
-class CoreSink:
-    """Where rooms put what the shell must act on; shared by all rooms of one host."""
-
-    outbox: list[tuple[bytes, Address]] = field(default_factory=list)
-    events: deque[Event] = field(default_factory=deque)
-    drops: Counter[str] = field(default_factory=Counter)
-    stats: Counter[str] = field(default_factory=Counter)
-    released: list[Address] = field(default_factory=list)
-    """Addresses whose sessions ended; the host forgets their routes."""
-    entropy: Callable[[int], bytes] = os.urandom
-    """Source of session salts; tests pass a seeded one."""
-
-
-class PeerStatus(Enum):
-    NEVER_CONNECTED = "never_connected"
-    CONNECTED = "connected"
-    DISCONNECTED = "disconnected"
-
-
-class Peer:
-    """A roster slot and whatever session currently speaks for it."""
-
-    __slots__ = (
-        "catching_up",
-        "entry",
-        "frame_ack",
-        "input_ack",
-        "pending",
-        "queued",
-        "session",
-        "status",
-    )
-
-    def __init__(self, entry: RosterEntry) -> None:
-        self.entry = entry
-        self.status = PeerStatus.NEVER_CONNECTED
-        self.session: Session | None = None
-        self.pending: list[Session] = []
-        """Proven addresses that were sent ACCEPT but have not yet sent a sealed datagram."""
-        self.input_ack = 0
-        """Highest input sequence received with none missing before it."""
-        self.queued: list[FrameInput] = []
-        self.frame_ack = 0
-        self.catching_up = False
+_ALIVE = 0.5
+"""A peer heard from within this many seconds may be sent a catch-up stream."""
 
 
 class Room:
@@ -128,7 +88,7 @@ class Room:
         self.state = RoomState.WAITING
         self.started_at: float | None = None
         self.end_reason: str | None = None
-        self.peers = [Peer(e) for e in self.roster]
+        self.peers = [Peer(e, config.max_snapshot_bytes) for e in self.roster]
         self.frames: list[Frame] = []
         self.encoded_frames: list[bytes] = []
         self.frame_times: list[float] = []
@@ -141,6 +101,16 @@ class Room:
         self._next_heartbeat = now
         self._empty_since: float | None = None
         self._linger_until = 0.0
+        self._chunks = ChunkCache()
+        self._pump_at: float | None = None
+        """Next catch-up pacing step while any peer is catching up."""
+        slot_set = frozenset(range(len(self.roster)))
+        self.hashbook = HashBook(len(self.roster), report_timeout=config.hash_timeout)
+        self.ballot = ResultBallot(slot_set, timeout=config.result_timeout)
+        self.agreed_snapshot: AgreedSnapshot | None = None
+        self._snapshot_candidates: dict[int, AgreedSnapshot] = {}
+        self.desync_notice: DesyncNotice | None = None
+        self.result: ResultDecided | None = None
 
     # -- queries -------------------------------------------------------------------------
 
@@ -168,10 +138,15 @@ class Room:
             deadline = min(self._next_tick, self.started_at + self.config.max_duration)
             if self._empty_since is not None:
                 deadline = min(deadline, self._empty_since + self.config.empty_timeout)
-            return deadline
-        if self.state is RoomState.WAITING:
-            return min(self.created_at + self.config.start_timeout, self._next_heartbeat)
-        return None if self.finished else min(self._next_tick, self._linger_until)
+        elif self.state is RoomState.WAITING:
+            deadline = min(self.created_at + self.config.start_timeout, self._next_heartbeat)
+        elif self.finished:
+            return None
+        else:
+            deadline = min(self._next_tick, self._linger_until)
+        if self._pump_at is not None:
+            deadline = min(deadline, self._pump_at)
+        return deadline
 
     # -- handshake -----------------------------------------------------------------------
 
@@ -227,6 +202,7 @@ class Room:
                 redundancy_frames=cfg.redundancy_frames,
                 heartbeat_ms=round(cfg.heartbeat_interval * 1000),
                 timeout_ms=round(cfg.disconnect_timeout * 1000),
+                snapshot_frame=self.agreed_snapshot.frame if self.agreed_snapshot else 0,
             )
         )
         self._emit(session, PacketType.ACCEPT, body, now)
@@ -249,6 +225,8 @@ class Room:
                 self._on_client_update(peer, session, body, now)
                 if self.state is RoomState.ENDED and peer.frame_ack >= self.last_frame:
                     self._finish_peer(peer, now)
+            elif datagram.type is PacketType.SNAPSHOT:
+                self._on_snapshot_chunk(peer, body)
             elif datagram.type is PacketType.DISCONNECT:
                 decode_disconnect_untrusted(body)
                 if self.state is RoomState.ENDED:
@@ -290,7 +268,8 @@ class Room:
         peer.session = session
         peer.status = PeerStatus.CONNECTED
         peer.frame_ack = 0
-        peer.catching_up = False
+        peer.catchup = None
+        peer.want_snapshot = False
         self._empty_since = None
         self._sink.stats["sessions_connected"] += 1
         self._sink.events.append(
@@ -313,8 +292,13 @@ class Room:
         session.sent.on_ack(msg.ack, msg.ack_bits, msg.ack_delay_us, now)
         if msg.frame_ack > peer.frame_ack:
             peer.frame_ack = min(msg.frame_ack, self.last_frame)
-        if not msg.inputs:
-            return
+        peer.want_snapshot = msg.want_snapshot
+        if msg.hashes or msg.result is not None:
+            self._on_reports(peer, msg, now)
+        if msg.inputs:
+            self._on_inputs(peer, msg)
+
+    def _on_inputs(self, peer: Peer, msg: ClientUpdate) -> None:
         cfg = self.config
         drops = self._sink.drops
         expected = peer.input_ack + 1
@@ -339,6 +323,8 @@ class Room:
     # -- time ----------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
+        if self._pump_at is not None and now >= self._pump_at:
+            self._pump(now)
         if self.state is RoomState.WAITING:
             self._check_timeouts(now)
             if now >= self.created_at + self.config.start_timeout:
@@ -377,6 +363,9 @@ class Room:
                 break
         if closed:
             self._broadcast(now)
+            self._judge(now)
+        if self.state is not RoomState.RUNNING:
+            return
         self._check_timeouts(now)
         if now >= self.started_at + self.config.max_duration:
             self.end("max_duration", now)
@@ -418,22 +407,15 @@ class Room:
         last = self.last_frame
         first = peer.frame_ack + 1
         limit = self.config.redundancy_frames
-        behind = last - peer.frame_ack
-        if behind > limit and not peer.catching_up:
-            peer.catching_up = True
-            self._sink.stats["catch_ups_needed"] += 1
-            self._sink.events.append(
-                CatchUpNeeded(self.room_id, peer.entry.slot, peer.frame_ack, last)
-            )
-        elif behind <= limit:
-            peer.catching_up = False
+        self._update_catchup(peer, now)
         chunk: list[bytes] = []
-        budget = FRAME_BUDGET
-        for encoded in self.encoded_frames[first - 1 : min(last, peer.frame_ack + limit)]:
-            if len(encoded) > budget:
-                break
-            budget -= len(encoded)
-            chunk.append(encoded)
+        if peer.catchup is None:
+            budget = FRAME_BUDGET
+            for encoded in self.encoded_frames[first - 1 : min(last, peer.frame_ack + limit)]:
+                if len(encoded) > budget:
+                    break
+                budget -= len(encoded)
+                chunk.append(encoded)
         received = session.received
         body = encode_server_update_parts(
             received.ack,
@@ -444,8 +426,166 @@ class Room:
             chunk,
             last,
             self.state,
+            encode_update_tail(
+                peer.hash_ack, peer.result_acked, self.desync_notice, peer.snapshot_ack
+            ),
         )
         self._emit(session, PacketType.SERVER_UPDATE, body, now)
+
+    # -- catch-up ------------------------------------------------------------------------
+
+    def _snapshot_for(self, peer: Peer) -> AgreedSnapshot | None:
+        snap = self.agreed_snapshot
+        if peer.want_snapshot and snap is not None and snap.frame > peer.frame_ack:
+            return snap
+        return None
+
+    def _update_catchup(self, peer: Peer, now: float) -> CatchupStream | None:
+        """Start or stop streaming to a peer from how far behind it is; returns the stream."""
+        behind = self.last_frame - peer.frame_ack
+        limit = self.config.redundancy_frames
+        stream = peer.catchup
+        if stream is None:
+            snap = self._snapshot_for(peer)
+            if behind <= limit and snap is None:
+                return None
+            session = peer.session
+            if session is None or now - session.last_recv > _ALIVE:
+                return None  # silent: streaming would only fill a dead link
+            peer.catchup = CatchupStream(self.config.catchup_rate, now, snap)
+            peer.catchup_started = (now, peer.frame_ack)
+            self._sink.stats["catch_ups_started"] += 1
+            self._sink.events.append(
+                CatchUpStarted(
+                    self.room_id,
+                    peer.entry.slot,
+                    peer.frame_ack,
+                    self.last_frame,
+                    snap.frame if snap else 0,
+                )
+            )
+            if self._pump_at is None:
+                self._pump_at = now
+            return peer.catchup
+        if stream.snapshot is not None and peer.frame_ack >= stream.snapshot.frame:
+            stream.snapshot = None
+        if behind <= limit and stream.snapshot is None:
+            started_at, started_ack = peer.catchup_started
+            peer.catchup = None
+            self._sink.stats["catch_ups_finished"] += 1
+            self._sink.events.append(
+                CatchUpFinished(
+                    self.room_id, peer.entry.slot, peer.frame_ack - started_ack, now - started_at
+                )
+            )
+        return peer.catchup
+
+    def _pump(self, now: float) -> None:
+        """Feed every catching-up peer what its byte budget allows right now."""
+        active = False
+        for peer in self.peers:
+            session = peer.session
+            if peer.catchup is None or session is None:
+                continue
+            stream = self._update_catchup(peer, now)
+            if stream is None:
+                continue
+            active = True
+            rtt = session.sent.rtt
+            heard = session.last_recv
+            if stream.snapshot is not None:
+                for piece in stream.pump_snapshot(now, rtt, heard):
+                    self._emit(session, PacketType.SNAPSHOT, encode_snapshot_chunk(piece), now)
+                continue
+            bodies = stream.pump_frames(
+                now, rtt, heard, peer.frame_ack, self.last_frame, self._chunks, self.encoded_frames
+            )
+            for body in bodies:
+                self._emit(session, PacketType.CATCHUP, body, now)
+            self._sink.stats["catchup_datagrams"] += len(bodies)
+        self._pump_at = now + PUMP_INTERVAL if active else None
+
+    # -- reports: state hashes, results, snapshots ---------------------------------------
+
+    def _on_reports(self, peer: Peer, msg: ClientUpdate, now: float) -> None:
+        slot = peer.entry.slot
+        for frame, value in msg.hashes:
+            if frame > peer.hash_ack and frame <= self.last_frame:
+                self.hashbook.report(slot, frame, value, now)
+                peer.hash_ack = frame
+        if msg.result is not None and not peer.result_acked:
+            self.ballot.vote(slot, msg.result, now)
+            peer.result_acked = True
+
+    def _on_snapshot_chunk(self, peer: Peer, body: bytes) -> None:
+        chunk = decode_snapshot_chunk_untrusted(body)
+        if chunk.frame > self.last_frame:
+            self._sink.drops["snapshot_future"] += 1
+            return
+        try:
+            done = peer.upload.add(chunk)
+        except ValueError as exc:
+            self._sink.drops[str(exc)] += 1
+            return
+        if done is not None:
+            peer.snapshot_ack = done.frame
+            self._snapshot_candidates[peer.entry.slot] = done
+            self._consider_snapshots()
+
+    def _consider_snapshots(self) -> None:
+        """Adopt the newest uploaded snapshot whose hash the majority agreed on."""
+        for slot, candidate in list(self._snapshot_candidates.items()):
+            agreed = self.hashbook.agreed_hash(candidate.frame)
+            current = self.agreed_snapshot
+            if current is not None and candidate.frame <= current.frame:
+                del self._snapshot_candidates[slot]
+            elif agreed is not None:
+                del self._snapshot_candidates[slot]
+                if agreed != candidate.hash:
+                    self._sink.drops["snapshot_disagrees"] += 1
+                    continue
+                self.agreed_snapshot = candidate
+                self._sink.events.append(
+                    SnapshotAgreed(
+                        self.room_id, candidate.frame, candidate.hash, len(candidate.data), slot
+                    )
+                )
+
+    def _judge(self, now: float) -> None:
+        """Compare state hashes and count result votes; called every tick."""
+        connected = frozenset(self.connected_slots())
+        book = self.hashbook
+        book.set_expected(connected)
+        known = len(book.desyncs)
+        for verdict in book.decide(now):
+            if verdict.agreed and verdict.majority_hash is not None:
+                self._sink.events.append(
+                    ChecksumAgreed(self.room_id, verdict.frame, verdict.majority_hash)
+                )
+        for found in book.desyncs[known:]:
+            self._sink.stats["desyncs"] += 1
+            self.desync_notice = DesyncNotice(found.frame, found.minority)
+            self._sink.events.append(
+                DesyncDetected(
+                    self.room_id, found.frame, found.majority_hash, found.minority, found.hashes
+                )
+            )
+        if self._snapshot_candidates:
+            self._consider_snapshots()
+        if self.result is None:
+            self.ballot.set_expected(connected)
+            outcome = self.ballot.outcome(now)
+            if outcome is not None:
+                self.result = ResultDecided(
+                    self.room_id,
+                    self.match_id,
+                    self.last_frame,
+                    outcome.result,
+                    outcome.dissenters,
+                    outcome.reason,
+                )
+                self._sink.events.append(self.result)
+                self.end("result", now)
 
     def _check_timeouts(self, now: float) -> None:
         timeout = self.config.disconnect_timeout
@@ -525,6 +665,7 @@ class Room:
         session = peer.session
         if session is None:
             return
+        self._send_update(peer, session, now)  # says ENDED, with acks, before the goodbyes
         for _ in range(_ENDED_DISCONNECT_COPIES):
             self._emit(session, PacketType.DISCONNECT, _ENDED_BODY, now)
         self._release(session.address)

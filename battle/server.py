@@ -18,7 +18,8 @@ from battle.cookie import CookieJar
 from battle.errors import BadDatagram, TicketRejected
 from battle.events import Event
 from battle.messages import RoomState
-from battle.room import CoreSink, Room
+from battle.peer import CoreSink
+from battle.room import Room
 from battle.session import Address
 from battle.ticket import KEY_SIZE, Ticket, open_ticket, ticket_room_untrusted
 from battle.wire import (

@@ -41,6 +41,8 @@ class PacketType(IntEnum):
     CLIENT_UPDATE = 0x11
     SERVER_UPDATE = 0x12
     DISCONNECT = 0x13
+    CATCHUP = 0x14
+    SNAPSHOT = 0x15
 
 
 SEALED_TYPES = frozenset(
@@ -49,6 +51,8 @@ SEALED_TYPES = frozenset(
         PacketType.CLIENT_UPDATE,
         PacketType.SERVER_UPDATE,
         PacketType.DISCONNECT,
+        PacketType.CATCHUP,
+        PacketType.SNAPSHOT,
     }
 )
 _TYPES = {int(t): t for t in PacketType}

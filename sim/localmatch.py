@@ -6,16 +6,25 @@ protocol property tests and by `framesync demo` before real sockets are involved
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from battle.client import ClientConnection, ClientState, Disconnected, FrameReceived
+from battle.client import (
+    ClientConnection,
+    ClientState,
+    DesyncAnnounced,
+    Disconnected,
+    FrameReceived,
+    SnapshotReceived,
+)
 from battle.config import RoomConfig, RosterEntry
 from battle.events import Event, FrameClosed, RoomEnded
 from battle.frames import Frame
+from battle.messages import DesyncNotice, encode_frame
 from battle.server import HostCore
 from battle.ticket import issue_ticket
 from sim.impair import LinkProfile
@@ -25,6 +34,8 @@ HOST: Address = ("127.0.0.1", 7000)
 ROOM_ID = 1
 MATCH_ID = 1001
 UNIX_EPOCH_OFFSET = 1_800_000_000.0
+_MAX_STEPS_AT_ONE_TIME = 10_000
+"""A deadline that never moves forward is a bug; fail instead of spinning forever."""
 """Virtual time 0 is this unix time, so tickets carry realistic expiry values."""
 
 
@@ -42,6 +53,24 @@ class Player:
     disconnects: list[str] = field(default_factory=list)
     playing: bool = True
     """False stops input generation (e.g. while a test keeps the player silent)."""
+    state: bytes = bytes(32)
+    """Stand-in game state: a running digest of every frame applied."""
+    snapshots: list[int] = field(default_factory=list)
+    """Frames of snapshots this player loaded instead of simulating."""
+    desync_at: int | None = None
+    """From this frame on the player reports a wrong state hash (an injected desync)."""
+    desyncs_seen: list[DesyncNotice] = field(default_factory=list)
+
+    def apply(self, frame: Frame) -> None:
+        digest = hashlib.blake2b(self.state, digest_size=32)
+        digest.update(encode_frame(frame))
+        self.state = digest.digest()
+
+    def state_hash(self, frame: int) -> int:
+        value = int.from_bytes(self.state[:8], "little")
+        if self.desync_at is not None and frame >= self.desync_at:
+            value ^= 0xDEAD
+        return value
 
 
 class LocalMatch:
@@ -56,7 +85,12 @@ class LocalMatch:
         profile: LinkProfile | None = None,
         input_chance: float = 0.5,
         input_size: tuple[int, int] = (1, 8),
+        hash_every: int = 0,
+        snapshot_every: int = 0,
+        snapshot_size: int = 20_000,
     ) -> None:
+        """`hash_every` N: players report a state hash every N frames; `snapshot_every` M:
+        slot 0 uploads a snapshot (its state plus filler to `snapshot_size`) every M frames."""
         self.seed = seed
         self.config = config or RoomConfig()
         self.now = 0.0
@@ -73,6 +107,10 @@ class LocalMatch:
         )
         self.input_chance = input_chance
         self.input_size = input_size
+        self.hash_every = hash_every
+        self.snapshot_every = snapshot_every
+        self.snapshot_size = snapshot_size
+        self.events: list[Event] = []
         self.server_frames: list[Frame] = []
         self.closed_at: list[float] = []
         self.ended: RoomEnded | None = None
@@ -143,9 +181,34 @@ class LocalMatch:
 
         self.at(when, move)
 
+    def restart(self, slot: int, when: float, new_port: int, *, prefer_snapshot: bool) -> None:
+        """The player's program restarts: no frames, no state, only its reconnect ticket."""
+        player = self.players[slot]
+
+        def restart() -> None:
+            old = player.client
+            assert old.accept is not None
+            self.network.block(player.address)
+            player.client = ClientConnection(
+                old.accept.reconnect_ticket,
+                old.accept.reconnect_keys,
+                HOST,
+                self.now,
+                prefer_snapshot=prefer_snapshot,
+            )
+            player.address = ("127.0.0.1", new_port)
+            player.frames = []
+            player.received_at = []
+            player.state = bytes(32)
+            player.playing = True
+            self._flush()
+
+        self.at(when, restart)
+
     # -- driving -------------------------------------------------------------------------
 
     def run_until(self, until: float) -> None:
+        stuck = 0
         while True:
             candidates = [until]
             deadline = self.host.next_deadline()
@@ -163,6 +226,12 @@ class LocalMatch:
                 if d is not None:
                     candidates.append(d)
             now = max(self.now, min(candidates))
+            if now == self.now:
+                stuck += 1
+                if stuck > _MAX_STEPS_AT_ONE_TIME:
+                    raise RuntimeError(f"simulation makes no progress at t={now}")
+            else:
+                stuck = 0
             self.now = now
             self._step(now)
             if now >= until:
@@ -207,6 +276,7 @@ class LocalMatch:
         for data, addr in self.host.datagrams_to_send():
             self.network.send(HOST, addr, data, now)
         while (event := self.host.next_event()) is not None:
+            self.events.append(event)
             for hook in self.event_hooks:
                 hook(event, now)
             if isinstance(event, FrameClosed):
@@ -222,8 +292,24 @@ class LocalMatch:
                 if isinstance(cevent, FrameReceived):
                     player.frames.append(cevent.frame)
                     player.received_at.append(cevent.at)
+                    self._after_frame(player, cevent.frame.number)
+                elif isinstance(cevent, SnapshotReceived):
+                    player.state = cevent.data[:32]
+                    player.snapshots.append(cevent.frame)
+                elif isinstance(cevent, DesyncAnnounced):
+                    player.desyncs_seen.append(cevent.notice)
                 elif isinstance(cevent, Disconnected):
                     player.disconnects.append(cevent.reason)
+
+    def _after_frame(self, player: Player, number: int) -> None:
+        player.apply(player.frames[-1])
+        client = player.client
+        if self.hash_every and number % self.hash_every == 0:
+            client.report_hash(number, player.state_hash(number))
+        if player.slot == 0 and self.snapshot_every and number % self.snapshot_every == 0:
+            filler = random.Random(f"{self.seed}:snapshot:{number}").randbytes(self.snapshot_size)
+            data = player.state + filler
+            client.upload_snapshot(number, player.state_hash(number), data, self.now)
 
     # -- summaries -----------------------------------------------------------------------
 

@@ -1,0 +1,234 @@
+"""Catch-up for clients far behind: compressed frame runs and agreed snapshots, paced.
+
+A client that reconnects after minutes away (or restarts from nothing) is missing far more
+frames than the live redundancy window carries. The room then streams CATCHUP datagrams:
+runs of consecutive frames, zlib-compressed, built once per room and shared by every peer that
+needs them. Each peer's stream is paced by a token bucket at a configured byte rate, so a
+catch-up never floods the client's link or the host's socket. A client that asks for it may
+instead receive the latest *agreed* snapshot (a state whose hash the majority confirmed) and
+only the frames after it, so catch-up cost follows time offline, not match length.
+
+Nothing here waits on a retransmission timer while data flows: the client acknowledges the
+last contiguous frame it holds in every packet, and a pass that ends with the client still
+behind starts again from that frame once a round trip has passed.
+"""
+
+from __future__ import annotations
+
+import bisect
+import zlib
+from dataclasses import dataclass
+
+from battle.messages import SNAPSHOT_CHUNK_SIZE, SnapshotChunk, encode_catchup_parts
+from battle.wire import MAX_SEALED_BODY, SEALED_OVERHEAD
+
+PAYLOAD_BUDGET = MAX_SEALED_BODY - 32
+"""Compressed bytes per CATCHUP datagram, leaving room for the four-field body header."""
+_RAW_TARGET = PAYLOAD_BUDGET * 3
+_MAX_CHUNK_FRAMES = 1024
+PUMP_INTERVAL = 0.005
+"""How often a room feeds its catching-up peers; small enough to pace smoothly."""
+
+
+def _compress(encoded: list[bytes]) -> bytes:
+    return zlib.compress(b"".join(encoded), 6)
+
+
+class ChunkCache:
+    """Complete compressed runs of closed frames; frames never change once closed."""
+
+    __slots__ = ("_firsts", "_next", "chunks")
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[int, int, bytes]] = []
+        """(first frame, frame count, zlib payload), in frame order, contiguous from frame 1."""
+        self._firsts: list[int] = []
+        self._next = 1
+
+    def _build(
+        self, encoded: list[bytes], first: int, *, complete_only: bool
+    ) -> tuple[int, bytes] | None:
+        """Frames from `first` that fit one datagram compressed: (count, payload)."""
+        last = len(encoded)
+        count = 0
+        raw = 0
+        while first + count <= last and count < _MAX_CHUNK_FRAMES:
+            size = len(encoded[first + count - 1])
+            if count and raw + size > _RAW_TARGET:
+                break
+            raw += size
+            count += 1
+        if count == 0:
+            return None
+        if complete_only and first + count > last and count < _MAX_CHUNK_FRAMES:
+            return None  # ran out of frames: the run is not full yet
+        while True:
+            payload = _compress(encoded[first - 1 : first - 1 + count])
+            if len(payload) <= PAYLOAD_BUDGET or count == 1:
+                return count, payload
+            count = max(1, min(count - 1, int(count * PAYLOAD_BUDGET / len(payload) * 0.9)))
+
+    def extend(self, encoded: list[bytes]) -> None:
+        """Cache every run that is now complete."""
+        while True:
+            built = self._build(encoded, self._next, complete_only=True)
+            if built is None:
+                return
+            count, payload = built
+            self.chunks.append((self._next, count, payload))
+            self._firsts.append(self._next)
+            self._next += count
+
+    def chunk_at(self, frame: int, encoded: list[bytes]) -> tuple[int, int, bytes]:
+        """The cached run holding `frame`, or a fresh tail run from `frame` (not cached)."""
+        if frame >= self._next:
+            self.extend(encoded)
+        if frame < self._next:
+            i = bisect.bisect_right(self._firsts, frame) - 1
+            return self.chunks[i]
+        built = self._build(encoded, frame, complete_only=False)
+        if built is None:
+            raise ValueError(f"frame {frame} is not closed yet")
+        return frame, built[0], built[1]
+
+
+@dataclass(frozen=True, slots=True)
+class AgreedSnapshot:
+    frame: int
+    hash: int
+    data: bytes
+
+
+class TokenBucket:
+    """Bytes per second with a small burst; a send may overdraw, which delays the next."""
+
+    __slots__ = ("_at", "burst", "rate", "tokens")
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self.burst = max(rate * 0.02, 4 * 1200)
+        self.tokens = self.burst
+        self._at = now
+
+    def refill(self, now: float) -> float:
+        self.tokens = min(self.burst, self.tokens + (now - self._at) * self.rate)
+        self._at = now
+        return self.tokens
+
+
+class CatchupStream:
+    """One peer's catch-up: which frame (or snapshot byte) goes next, at what pace."""
+
+    __slots__ = ("_pass_done_at", "bucket", "cursor", "snapshot", "snapshot_offset")
+
+    def __init__(self, rate: float, now: float, snapshot: AgreedSnapshot | None) -> None:
+        self.bucket = TokenBucket(rate, now)
+        self.cursor = 0
+        self.snapshot = snapshot
+        """Sent first, when the client asked for it; None streams frames only."""
+        self.snapshot_offset = 0
+        self._pass_done_at: float | None = None
+
+    def _restart_due(self, now: float, rtt: float, heard_at: float) -> bool:
+        """True once a finished pass has had a round trip to be acknowledged and the peer
+        has spoken since: a silent peer gets one pass, not a stream into the void."""
+        if self._pass_done_at is None:
+            self._pass_done_at = now
+        if now - self._pass_done_at < max(0.05, 2 * rtt) or heard_at <= self._pass_done_at:
+            return False
+        self._pass_done_at = None
+        return True
+
+    def pump_snapshot(self, now: float, rtt: float, heard_at: float) -> list[SnapshotChunk]:
+        snap = self.snapshot
+        assert snap is not None
+        out: list[SnapshotChunk] = []
+        size = len(snap.data)
+        if self.snapshot_offset >= size:
+            if not self._restart_due(now, rtt, heard_at):
+                return out
+            self.snapshot_offset = 0
+        bucket = self.bucket
+        bucket.refill(now)
+        while bucket.tokens > 0 and self.snapshot_offset < size:
+            offset = self.snapshot_offset
+            piece = snap.data[offset : offset + SNAPSHOT_CHUNK_SIZE]
+            out.append(SnapshotChunk(snap.frame, snap.hash, size, offset, piece))
+            bucket.tokens -= len(piece) + 40 + SEALED_OVERHEAD
+            self.snapshot_offset = offset + len(piece)
+        return out
+
+    def pump_frames(
+        self,
+        now: float,
+        rtt: float,
+        heard_at: float,
+        frame_ack: int,
+        last_frame: int,
+        cache: ChunkCache,
+        encoded: list[bytes],
+    ) -> list[bytes]:
+        """CATCHUP bodies to send now, within this peer's byte budget."""
+        out: list[bytes] = []
+        self.cursor = max(self.cursor, frame_ack + 1)
+        if self.cursor > last_frame:
+            if not self._restart_due(now, rtt, heard_at):
+                return out
+            self.cursor = frame_ack + 1
+        bucket = self.bucket
+        bucket.refill(now)
+        while bucket.tokens > 0 and self.cursor <= last_frame:
+            first, count, payload = cache.chunk_at(self.cursor, encoded)
+            body = encode_catchup_parts(first, count, last_frame, payload)
+            out.append(body)
+            bucket.tokens -= len(body) + SEALED_OVERHEAD
+            self.cursor = first + count
+        return out
+
+
+class SnapshotAssembler:
+    """Reassembles one client's snapshot upload; a newer frame discards an older one."""
+
+    __slots__ = ("_buffer", "_have", "frame", "hash", "limit", "total")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.frame = 0
+        self.hash = 0
+        self.total = 0
+        self._buffer = bytearray()
+        self._have: set[int] = set()
+
+    def add(self, chunk: SnapshotChunk) -> AgreedSnapshot | None:
+        """Returns the whole snapshot when its last missing chunk arrives; else None.
+
+        Raises ValueError for chunks that break the rules (too large, inconsistent).
+        """
+        if chunk.total_size > self.limit:
+            raise ValueError("snapshot_too_large")
+        if chunk.frame < self.frame:
+            raise ValueError("snapshot_stale")
+        if chunk.frame > self.frame:
+            self.frame, self.hash, self.total = chunk.frame, chunk.hash, chunk.total_size
+            self._buffer = bytearray(chunk.total_size)
+            self._have = set()
+        elif chunk.hash != self.hash or chunk.total_size != self.total:
+            raise ValueError("snapshot_inconsistent")
+        if chunk.offset % SNAPSHOT_CHUNK_SIZE or (
+            len(chunk.data) != SNAPSHOT_CHUNK_SIZE and chunk.offset + len(chunk.data) != self.total
+        ):
+            raise ValueError("snapshot_misaligned")
+        pieces = -(-self.total // SNAPSHOT_CHUNK_SIZE)
+        if chunk.offset in self._have or len(self._have) == pieces:
+            return None
+        self._buffer[chunk.offset : chunk.offset + len(chunk.data)] = chunk.data
+        self._have.add(chunk.offset)
+        if len(self._have) == pieces:
+            return AgreedSnapshot(self.frame, self.hash, bytes(self._buffer))
+        return None
+
+    @property
+    def complete(self) -> bool:
+        if not self.total:
+            return False
+        return len(self._have) == -(-self.total // SNAPSHOT_CHUNK_SIZE)
