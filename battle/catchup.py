@@ -156,6 +156,8 @@ class CatchupStream:
             out.append(SnapshotChunk(snap.frame, snap.hash, size, offset, piece))
             bucket.tokens -= len(piece) + 40 + SEALED_OVERHEAD
             self.snapshot_offset = offset + len(piece)
+        if out:
+            self._pass_done_at = None  # the pass is not over while it still sends
         return out
 
     def pump_frames(
@@ -183,6 +185,8 @@ class CatchupStream:
             out.append(body)
             bucket.tokens -= len(body) + SEALED_OVERHEAD
             self.cursor = first + count
+        if out:
+            self._pass_done_at = None  # new frames extended the pass: wait again after it
         return out
 
 
@@ -214,8 +218,13 @@ class SnapshotAssembler:
             self._have = set()
         elif chunk.hash != self.hash or chunk.total_size != self.total:
             raise ValueError("snapshot_inconsistent")
-        if chunk.offset % SNAPSHOT_CHUNK_SIZE or (
-            len(chunk.data) != SNAPSHOT_CHUNK_SIZE and chunk.offset + len(chunk.data) != self.total
+        if (
+            chunk.offset + len(chunk.data) > self.total
+            or chunk.offset % SNAPSHOT_CHUNK_SIZE
+            or (
+                len(chunk.data) != SNAPSHOT_CHUNK_SIZE
+                and chunk.offset + len(chunk.data) != self.total
+            )
         ):
             raise ValueError("snapshot_misaligned")
         pieces = -(-self.total // SNAPSHOT_CHUNK_SIZE)

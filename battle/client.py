@@ -8,7 +8,9 @@ acknowledges the last contiguous frame it holds, so the room resends exactly wha
 from __future__ import annotations
 
 import itertools
+import os
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -46,6 +48,7 @@ from battle.session import Address
 from battle.ticket import ClientKeys
 from battle.wire import (
     MAX_SEALED_BODY,
+    SESSION_SALT_SIZE,
     Challenge,
     Denied,
     PacketType,
@@ -121,6 +124,7 @@ class ClientConnection:
         connect_timeout: float = 10.0,
         resend_interval: float = 0.1,
         prefer_snapshot: bool = False,
+        entropy: Callable[[int], bytes] = os.urandom,
     ) -> None:
         """`frame_ack` and `next_input_seq` let a reconnecting client continue where it was;
         `prefer_snapshot` asks for the latest agreed snapshot instead of every old frame."""
@@ -136,6 +140,9 @@ class ClientConnection:
         """Seconds from first sending an input to receiving the frame holding it."""
         self._ticket = ticket
         self._keys = keys
+        self._client_salt = entropy(SESSION_SALT_SIZE)
+        """Ours alone: an ACCEPT replayed from an earlier session cannot match it."""
+        self._entropy = entropy
         self._cipher: SessionCipher | None = None
         """Made from the ticket keys and the room's salt when ACCEPT arrives."""
         self._salt = b""
@@ -242,6 +249,7 @@ class ClientConnection:
             connect_timeout=self._connect_timeout,
             resend_interval=self._resend,
             prefer_snapshot=self.prefer_snapshot,
+            entropy=self._entropy,
         )
         successor._hashes.extend(self._hashes)
         successor._result = self._result
@@ -304,7 +312,7 @@ class ClientConnection:
         ptype = datagram.type
         cipher = self._cipher
         if ptype is PacketType.ACCEPT and self.state is ClientState.RESPONDING:
-            keys = derive_session_keys(self._keys, datagram.salt)
+            keys = derive_session_keys(self._keys, datagram.salt, self._client_salt)
             cipher = SessionCipher(send_key=keys.c2s, recv_key=keys.s2c)
         elif ptype is PacketType.ACCEPT and datagram.salt != self._salt:
             self.drops["stale_accept"] += 1  # another session's ACCEPT; ours is settled
@@ -458,7 +466,7 @@ class ClientConnection:
         if self._cookie is None:
             datagram = encode_connect_request(self._ticket)
         else:
-            datagram = encode_connect_response(self._cookie, self._ticket)
+            datagram = encode_connect_response(self._cookie, self._ticket, self._client_salt)
         self._last_send = now
         self._outbox.append((datagram, self.server))
 

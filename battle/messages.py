@@ -22,8 +22,8 @@ from battle.ticket import ClientKeys
 MAX_INPUTS_PER_PACKET = 64
 """Unacknowledged inputs a client may carry in one packet."""
 MAX_INPUT_SIZE = 255
-U64_MAX = (1 << 64) - 1
 """Hard wire cap on one input; rooms usually configure far less."""
+U64_MAX = (1 << 64) - 1
 
 
 class RoomState(IntEnum):
@@ -452,7 +452,7 @@ def decode_catchup_untrusted(body: bytes) -> Catchup:
     try:
         inflater = zlib.decompressobj()
         raw = inflater.decompress(payload, MAX_CATCHUP_RAW)
-        if inflater.unconsumed_tail or not inflater.eof:
+        if inflater.unconsumed_tail or inflater.unused_data or not inflater.eof:
             raise BadDatagram("bad_field", "catch-up payload too large or incomplete")
     except zlib.error:
         raise BadDatagram("bad_field", "catch-up payload") from None

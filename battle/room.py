@@ -1,9 +1,12 @@
 """The room: a fixed-tick frame state machine that never waits for anyone.
 
-Every tick closes the next frame with exactly the inputs that arrived since the previous one,
-ordered by (slot, input sequence), and sends each connected peer one datagram holding every
-frame after the last one it acknowledged (bounded by the redundancy window). A slow or silent
-peer changes nothing for the others. Pure: time is an argument and output goes to a sink.
+Every tick closes the next frame with the inputs that arrived since the previous one, ordered
+by (slot, input sequence), and sends each connected peer one datagram holding every frame
+after the last one it acknowledged (bounded by the redundancy window). A slow or silent peer
+changes nothing for the others. Inputs beyond the per-frame cap (a burst after packet loss)
+wait for the next frame rather than being lost. Peers far behind are streamed catch-up runs
+(catchup.py); state hashes and results are judged by majority (consensus.py). Pure: time is
+an argument and output goes to a sink.
 """
 
 from __future__ import annotations
@@ -48,8 +51,12 @@ from battle.session import Address, Session
 from battle.ticket import FLAG_RECONNECT, Ticket, issue_ticket
 from battle.wire import MAX_SEALED_BODY, DenyReason, PacketType, Sealed
 
-_UPDATE_PREFIX_MAX = 56
-"""Upper bound of a SERVER_UPDATE body without its frames (seven msgpack ints, headers)."""
+_UPDATE_PREFIX_MAX = 128
+"""Upper bound of a SERVER_UPDATE body without its frames: eleven msgpack scalars, array
+headers and a desync notice naming at most MAX_NOTICE_SLOTS slots."""
+MAX_NOTICE_SLOTS = 32
+MAX_PLAYERS = 32
+"""Keeps ACCEPT (which lists the roster) inside one datagram."""
 FRAME_BUDGET = MAX_SEALED_BODY - _UPDATE_PREFIX_MAX
 _INPUT_COST = 14
 """Worst-case msgpack bytes of one input in a frame besides its data (slot, seq, bin header)."""
@@ -79,6 +86,8 @@ class Room:
         slots = [e.slot for e in roster]
         if not roster or sorted(slots) != list(range(len(roster))):
             raise ValueError("roster slots must be 0..n-1, each once")
+        if len(roster) > MAX_PLAYERS:
+            raise ValueError(f"at most {MAX_PLAYERS} players per room")
         self.room_id = room_id
         self.match_id = match_id
         self.seed = seed
@@ -93,7 +102,7 @@ class Room:
         self.encoded_frames: list[bytes] = []
         self.frame_times: list[float] = []
         """When each frame closed, on the core's clock (for latency measurement)."""
-        self._ticket_key = ticket_key
+        self.ticket_key = ticket_key
         self._clock_offset = clock_offset
         self._sink = sink
         self._interval = config.tick_interval
@@ -150,14 +159,22 @@ class Room:
 
     # -- handshake -----------------------------------------------------------------------
 
-    def accept_session(self, ticket: Ticket, address: Address, now: float) -> DenyReason | None:
+    def accept_session(
+        self, ticket: Ticket, client_salt: bytes, address: Address, now: float
+    ) -> DenyReason | None:
         """Called once the address is proven: (re)send ACCEPT, allocating a pending session."""
         if self.state is RoomState.ENDED:
             return DenyReason.ROOM_ENDED
         peer = self.peers[ticket.slot]
         existing = self.session_for(ticket.slot, address)
-        if existing is not None and existing.ticket_nonce == ticket.nonce:
-            self._send_accept(peer, existing, now)  # our ACCEPT was lost: same session again
+        if (
+            existing is not None
+            and existing.ticket_nonce == ticket.nonce
+            and existing.client_salt == client_salt
+        ):
+            # The same client instance again: our ACCEPT was lost. Same session, same keys.
+            existing.last_recv = now
+            self._send_accept(peer, existing, now)
             return None
         # A new session never displaces the live one or another pending one here: it must
         # first prove it holds the keys. Only the oldest pending is evicted past the cap.
@@ -165,7 +182,8 @@ class Room:
             peer.pending.remove(existing)
         if len(peer.pending) >= MAX_PENDING_SESSIONS:
             self._release(peer.pending.pop(0).address)
-        session = Session(address, ticket.keys, ticket.nonce, self._sink.entropy(16), now)
+        salt = self._sink.entropy(16)
+        session = Session(address, ticket.keys, ticket.nonce, salt, client_salt, now)
         peer.pending.append(session)
         self._sink.stats["sessions_pending"] += 1
         self._send_accept(peer, session, now)
@@ -176,7 +194,7 @@ class Room:
         lifetime = cfg.start_timeout + cfg.max_duration
         expires = self.created_at + lifetime + self._clock_offset
         ticket, keys = issue_ticket(
-            self._ticket_key,
+            self.ticket_key,
             self.match_id,
             self.room_id,
             peer.entry.player_id,
@@ -373,10 +391,15 @@ class Room:
             self.end("abandoned", now)
 
     def _close_frame(self, now: float) -> None:
-        inputs: list[FrameInput] = []
+        number = self.last_frame + 1
         budget = FRAME_BUDGET - 3
         cap = self.config.max_inputs_per_frame
-        for peer in self.peers:
+        peers = self.peers
+        # Who gets the byte budget first rotates with the frame number, so when a frame is
+        # full no slot is always the one deferred. The frame itself stays in slot order.
+        start = number % len(peers)
+        taken_by_slot: dict[int, list[FrameInput]] = {}
+        for peer in peers[start:] + peers[:start]:
             queued = peer.queued
             if not queued:
                 continue
@@ -387,11 +410,13 @@ class Room:
                     break
                 budget -= cost
                 taken += 1
-                inputs.append(item)
+            if taken:
+                taken_by_slot[peer.entry.slot] = queued[:taken]
             if taken < len(queued):
                 self._sink.stats["inputs_deferred"] += len(queued) - taken
             peer.queued = queued[taken:]
-        frame = Frame(self.last_frame + 1, tuple(inputs))
+        inputs = [item for slot in sorted(taken_by_slot) for item in taken_by_slot[slot]]
+        frame = Frame(number, tuple(inputs))
         self.frames.append(frame)
         self.encoded_frames.append(encode_frame(frame))
         self.frame_times.append(now)
@@ -564,7 +589,7 @@ class Room:
                 )
         for found in book.desyncs[known:]:
             self._sink.stats["desyncs"] += 1
-            self.desync_notice = DesyncNotice(found.frame, found.minority)
+            self.desync_notice = DesyncNotice(found.frame, found.minority[:MAX_NOTICE_SLOTS])
             self._sink.events.append(
                 DesyncDetected(
                     self.room_id, found.frame, found.majority_hash, found.minority, found.hashes

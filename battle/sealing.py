@@ -1,7 +1,8 @@
 """Session sealing: every datagram after the handshake is encrypted and authenticated.
 
-Each session has its own pair of keys, derived from the ticket's keys and a random salt the
-room picks when it accepts the session (sent in the clear in ACCEPT). Sequence numbers restart
+Each session has its own pair of keys, derived from the ticket's keys, a random salt the client
+sends in CONNECT_RESPONSE and a random salt the room picks when it accepts the session (sent in
+the clear in ACCEPT). Sequence numbers restart
 at 1 in every session, so without the salt a second session from the same ticket (a retry, a
 restarted client, or someone who copied the ticket off the wire) would reuse nonces under one
 key, and a datagram captured from one session would authenticate in another. Each direction
@@ -27,13 +28,17 @@ REPLAY_WINDOW = 1024
 _NONCE = struct.Struct("<Q4x")
 
 
-def derive_session_keys(keys: ClientKeys, salt: bytes) -> ClientKeys:
-    """Per-session keys: keyed BLAKE2b of a direction label and the room's salt."""
-    if len(salt) != SESSION_SALT_SIZE:
-        raise ValueError("session salt must be 16 bytes")
+def derive_session_keys(keys: ClientKeys, room_salt: bytes, client_salt: bytes) -> ClientKeys:
+    """Per-session keys: keyed BLAKE2b of a direction label and both sides' salts.
+
+    The room's salt keeps the room from reusing nonces; the client's keeps the client from
+    reusing them when someone replays an old ACCEPT at it."""
+    if len(room_salt) != SESSION_SALT_SIZE or len(client_salt) != SESSION_SALT_SIZE:
+        raise ValueError("session salts must be 16 bytes")
+    salts = room_salt + client_salt
     return ClientKeys(
-        hashlib.blake2b(b"framesync c2s" + salt, key=keys.c2s, digest_size=KEY_SIZE).digest(),
-        hashlib.blake2b(b"framesync s2c" + salt, key=keys.s2c, digest_size=KEY_SIZE).digest(),
+        hashlib.blake2b(b"framesync c2s" + salts, key=keys.c2s, digest_size=KEY_SIZE).digest(),
+        hashlib.blake2b(b"framesync s2c" + salts, key=keys.s2c, digest_size=KEY_SIZE).digest(),
     )
 
 

@@ -74,9 +74,14 @@ class HostCore:
         roster: tuple[RosterEntry, ...],
         config: RoomConfig,
         now: float,
+        *,
+        ticket_key: bytes | None = None,
     ) -> Room:
+        """`ticket_key` lets the lobby use a key per room, so a host learns only its own."""
         if room_id in self.rooms:
             raise ValueError(f"room {room_id} already exists")
+        if ticket_key is not None and len(ticket_key) != KEY_SIZE:
+            raise ValueError("ticket key must be 32 bytes")
         room = Room(
             room_id,
             match_id,
@@ -84,7 +89,7 @@ class HostCore:
             roster,
             config,
             now,
-            ticket_key=self.ticket_key,
+            ticket_key=ticket_key or self.ticket_key,
             clock_offset=self.clock_offset,
             sink=self.sink,
         )
@@ -139,7 +144,7 @@ class HostCore:
             drops["ticket_wrong_room"] += 1
             return None
         try:
-            ticket = open_ticket(self.ticket_key, raw, room_id=room_id, now=unix_now)
+            ticket = open_ticket(room.ticket_key, raw, room_id=room_id, now=unix_now)
         except TicketRejected as exc:
             drops[exc.reason] += 1
             return None
@@ -179,7 +184,7 @@ class HostCore:
             if other_room.session_for(other_slot, addr) is not None:
                 self.sink.drops["address_in_use"] += 1
                 return
-        denied = room.accept_session(ticket, addr, now)
+        denied = room.accept_session(ticket, response.client_salt, addr, now)
         if denied is not None:
             self.sink.outbox.append((encode_denied(denied), addr))
         self._after(room)

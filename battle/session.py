@@ -16,6 +16,7 @@ class Session:
     __slots__ = (
         "address",
         "cipher",
+        "client_salt",
         "confirmed",
         "last_recv",
         "last_send",
@@ -26,11 +27,18 @@ class Session:
     )
 
     def __init__(
-        self, address: Address, keys: ClientKeys, ticket_nonce: bytes, salt: bytes, now: float
+        self,
+        address: Address,
+        keys: ClientKeys,
+        ticket_nonce: bytes,
+        salt: bytes,
+        client_salt: bytes,
+        now: float,
     ) -> None:
         self.address = address
         self.salt = salt
-        session_keys = derive_session_keys(keys, salt)
+        self.client_salt = client_salt
+        session_keys = derive_session_keys(keys, salt, client_salt)
         self.cipher = SessionCipher(send_key=session_keys.s2c, recv_key=session_keys.c2s)
         self.ticket_nonce = ticket_nonce
         self.received = ReceivedTracker()

@@ -36,7 +36,7 @@ U64_MAX = (1 << 64) - 1
 
 @dataclass(frozen=True, slots=True)
 class ClientKeys:
-    """Per-session keys: the client seals with c2s and opens with s2c."""
+    """A ticket's key pair (c2s, s2c); each session derives its own keys from it (sealing.py)."""
 
     c2s: bytes
     s2c: bytes

@@ -80,6 +80,8 @@ class Challenge:
 class ConnectResponse:
     cookie: bytes
     ticket: bytes
+    client_salt: bytes
+    """Fresh per client instance; mixed into the session keys with the room's salt."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +104,7 @@ class Sealed:
 
 Datagram = ConnectRequest | Challenge | ConnectResponse | Denied | Sealed
 
-_CONNECT_RESPONSE_SIZE = 2 + COOKIE_SIZE + TICKET_SIZE
+_CONNECT_RESPONSE_SIZE = 2 + COOKIE_SIZE + TICKET_SIZE + SESSION_SALT_SIZE
 _CHALLENGE_SIZE = 2 + COOKIE_SIZE
 _DENIED_SIZE = 3
 
@@ -142,7 +144,12 @@ def decode_datagram_untrusted(data: bytes) -> Datagram:
     if ptype is PacketType.CONNECT_RESPONSE:
         if size != _CONNECT_RESPONSE_SIZE:
             raise BadDatagram("bad_size")
-        return ConnectResponse(bytes(data[2 : 2 + COOKIE_SIZE]), bytes(data[2 + COOKIE_SIZE :]))
+        at = 2 + COOKIE_SIZE
+        return ConnectResponse(
+            bytes(data[2:at]),
+            bytes(data[at : at + TICKET_SIZE]),
+            bytes(data[at + TICKET_SIZE :]),
+        )
     if ptype is PacketType.CHALLENGE:
         if size != _CHALLENGE_SIZE:
             raise BadDatagram("bad_size")
@@ -168,10 +175,14 @@ def encode_challenge(cookie: bytes) -> bytes:
     return bytes((MAGIC, PacketType.CHALLENGE)) + cookie
 
 
-def encode_connect_response(cookie: bytes, ticket: bytes) -> bytes:
-    if len(cookie) != COOKIE_SIZE or len(ticket) != TICKET_SIZE:
-        raise ValueError("cookie or ticket has the wrong size")
-    return bytes((MAGIC, PacketType.CONNECT_RESPONSE)) + cookie + ticket
+def encode_connect_response(cookie: bytes, ticket: bytes, client_salt: bytes) -> bytes:
+    if (
+        len(cookie) != COOKIE_SIZE
+        or len(ticket) != TICKET_SIZE
+        or len(client_salt) != SESSION_SALT_SIZE
+    ):
+        raise ValueError("cookie, ticket or client salt has the wrong size")
+    return bytes((MAGIC, PacketType.CONNECT_RESPONSE)) + cookie + ticket + client_salt
 
 
 def encode_denied(reason: DenyReason) -> bytes:

@@ -31,6 +31,19 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _room_host(args: argparse.Namespace) -> int:
+    from sim.roomhostcmd import run_room_host  # noqa: PLC0415
+
+    return run_room_host(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="framesync",
@@ -55,6 +68,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--loss", type=float, default=5.0, help="random loss each way, percent")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
     demo.set_defaults(func=_demo)
+
+    host = sub.add_parser(
+        "room-host",
+        help="run a room host process: many rooms on one UDP socket",
+        description=(
+            "Serve rooms over UDP. Rooms are created by the lobby over the control channel; "
+            "input logs and undelivered results live under the data directory. SIGTERM or "
+            "Ctrl-C drains: no new rooms, running rooms finish (up to --drain-timeout)."
+        ),
+    )
+    host.add_argument("--bind", type=_address, default=("0.0.0.0", 7100), help="UDP HOST:PORT")
+    host.add_argument("--public-host", help="host name or IP clients are told to use")
+    host.add_argument("--lobby", type=_address, help="lobby control channel HOST:PORT")
+    host.add_argument("--data-dir", default="data", help="input logs and pending results")
+    host.add_argument("--host-id", help="stable id of this process (default: host-PORT-PID)")
+    host.add_argument("--capacity", type=int, default=200, help="rooms this process accepts")
+    host.add_argument("--drain-timeout", type=float, default=600.0, metavar="SECONDS")
+    host.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    host.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    host.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    host.set_defaults(func=_room_host)
     return parser
 
 

@@ -1,0 +1,74 @@
+"""`framesync room-host`: the process studios run, one per core."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+
+import structlog
+import trio
+
+from battle.host import HostSettings, RoomHost
+from battle.hostcontrol import ControlClient
+from battle.logsetup import configure_logging
+from battle.metrics import start_metrics_server
+
+
+async def _watch_signals(host: RoomHost) -> None:
+    """First SIGTERM/SIGINT drains; a second one stops at once."""
+    log = structlog.get_logger("framesync.host")
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if host.draining:
+                log.warning("stopping_now", signal=signal.Signals(signum).name)
+                raise SystemExit(1)
+            log.info("drain_requested", signal=signal.Signals(signum).name)
+            trio.lowlevel.spawn_system_task(host.drain, "signal")
+
+
+async def _main(args: argparse.Namespace) -> None:
+    bind: tuple[str, int] = args.bind
+    settings = HostSettings(
+        host_id=args.host_id or f"host-{bind[1]}-{os.getpid()}",
+        bind=bind,
+        public_host=args.public_host,
+        data_dir=Path(args.data_dir),
+        capacity=args.capacity,
+        drain_timeout=args.drain_timeout,
+    )
+    host = RoomHost(settings)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(host.run)
+        nursery.start_soon(_watch_signals, host)
+        if args.lobby:
+            nursery.start_soon(ControlClient(host, args.lobby).run)
+        if args.metrics_port:
+
+            def snapshot() -> tuple[Counter[str], Counter[str], dict[str, float]]:
+                core = host.core
+                assert core is not None
+                rooms, players = host.load()
+                catching_up = core.stats["catch_ups_started"] - core.stats["catch_ups_finished"]
+                gauges = {
+                    "rooms": float(rooms),
+                    "players_connected": float(players),
+                    "catch_ups_in_progress": float(catching_up),
+                    "results_pending": float(len(host.outbox.pending)),
+                }
+                return Counter(core.stats), Counter(core.drops), gauges
+
+            start_metrics_server(args.metrics_port, snapshot, host.lateness)
+        await host.wait_stopped()
+        nursery.cancel_scope.cancel()
+
+
+def run_room_host(args: argparse.Namespace) -> int:
+    configure_logging(json=args.log_json, level=args.log_level)
+    try:
+        trio.run(_main, args)
+    except KeyboardInterrupt:  # pragma: no cover - signal receiver normally handles it
+        return 130
+    return 0

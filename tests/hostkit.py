@@ -1,0 +1,203 @@
+"""Real room host processes for end-to-end tests: a subprocess and a small control server."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from battle.config import RoomConfig, RosterEntry
+from battle.control import (
+    ControlDecoder,
+    ControlMessage,
+    CreateRoom,
+    Ping,
+    Pong,
+    Register,
+    Registered,
+    ResultAck,
+    RoomCreated,
+    RoomEvent,
+    RoomResult,
+    encode_message,
+    room_config_to_plain,
+)
+from battle.frames import Frame
+from battle.messages import encode_frame
+from battle.ticket import ClientKeys, issue_ticket
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ControlServer:
+    """Plays the lobby's side of the control channel for one host connection."""
+
+    listener: trio.SocketListener
+    stream: trio.SocketStream | None = None
+    register: Register | None = None
+    events: list[RoomEvent] = field(default_factory=list)
+    results: list[RoomResult] = field(default_factory=list)
+    replies: dict[int, ControlMessage] = field(default_factory=dict)
+    connected: trio.Event = field(default_factory=trio.Event)
+    changed: trio.Event = field(default_factory=trio.Event)
+    ack_results: bool = True
+    _next_request: int = 1
+
+    @property
+    def port(self) -> int:
+        port: int = self.listener.socket.getsockname()[1]
+        return port
+
+    async def serve(self) -> None:
+        while True:
+            stream = await self.listener.accept()
+            self.stream = stream
+            decoder = ControlDecoder()
+            async with stream:
+                try:
+                    while True:
+                        data = await stream.receive_some(65536)
+                        if not data:
+                            break
+                        decoder.feed(data)
+                        while (message := decoder.next_message()) is not None:
+                            await self._on_message(stream, message)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            self.stream = None
+            self.connected = trio.Event()
+
+    async def _on_message(self, stream: trio.SocketStream, message: ControlMessage) -> None:
+        if isinstance(message, Register):
+            self.register = message
+            await stream.send_all(encode_message(Registered("test-lobby", 0.5, 3.0)))
+            self.connected.set()
+        elif isinstance(message, RoomEvent):
+            self.events.append(message)
+        elif isinstance(message, RoomResult):
+            if all(r.match_id != message.match_id for r in self.results):
+                self.results.append(message)
+            if self.ack_results:
+                await stream.send_all(encode_message(ResultAck(message.match_id)))
+        elif isinstance(message, RoomCreated):
+            self.replies[message.request_id] = message
+        elif isinstance(message, Ping):
+            await stream.send_all(encode_message(Pong(message.nonce)))
+        else:
+            self.replies[getattr(message, "request_id", -1)] = message
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def create_room(
+        self, room_id: int, match_id: int, players: int, config: RoomConfig, key: bytes
+    ) -> ControlMessage:
+        assert self.stream is not None
+        request_id = self._next_request
+        self._next_request += 1
+        roster = tuple(RosterEntry(s, 1000 * room_id + s, s % 2) for s in range(players))
+        await self.stream.send_all(
+            encode_message(
+                CreateRoom(
+                    request_id=request_id,
+                    room_id=room_id,
+                    match_id=match_id,
+                    seed=room_id * 7919,
+                    roster=roster,
+                    config=room_config_to_plain(config),
+                    ticket_key=key,
+                )
+            )
+        )
+        with trio.fail_after(5):
+            while request_id not in self.replies:
+                await self.changed.wait()
+        return self.replies[request_id]
+
+    async def wait_for(self, predicate: object, timeout: float = 30.0) -> None:
+        assert callable(predicate)
+        with trio.fail_after(timeout):
+            while not predicate():
+                await self.changed.wait()
+
+
+@asynccontextmanager
+async def control_server() -> AsyncIterator[ControlServer]:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    server = ControlServer(listeners[0])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.serve)
+        yield server
+        nursery.cancel_scope.cancel()
+    await server.listener.aclose()
+
+
+def start_host(lobby_port: int, data_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """A real `framesync room-host` process; its log goes to data_dir/host.log."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(data_dir / "host.log", "ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sim.cli",
+                "room-host",
+                "--bind",
+                "127.0.0.1:0",
+                "--lobby",
+                f"127.0.0.1:{lobby_port}",
+                "--data-dir",
+                str(data_dir),
+                "--log-json",
+                *extra,
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+
+def stop_host(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
+    if process.poll() is None:
+        process.send_signal(sig)
+    try:
+        return process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+def ticket_for(
+    key: bytes, match_id: int, room_id: int, slot: int, *, lifetime: float = 120.0
+) -> tuple[bytes, ClientKeys]:
+    return issue_ticket(
+        key,
+        match_id,
+        room_id,
+        1000 * room_id + slot,
+        slot,
+        time.time() + lifetime,
+        team=slot % 2,
+    )
+
+
+class RollingState:
+    """Stand-in game state: a digest of every frame applied, hashed like a real game would."""
+
+    def __init__(self) -> None:
+        self.state = bytes(32)
+
+    def apply(self, frame: Frame) -> int:
+        self.state = hashlib.blake2b(self.state + encode_frame(frame), digest_size=32).digest()
+        return int.from_bytes(self.state[:8], "little")
