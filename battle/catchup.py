@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import zlib
+from collections import deque
 from dataclasses import dataclass
 
 from battle.messages import SNAPSHOT_CHUNK_SIZE, SnapshotChunk, encode_catchup_parts
@@ -27,6 +28,8 @@ PAYLOAD_BUDGET = MAX_SEALED_BODY - 32
 _RAW_TARGET = PAYLOAD_BUDGET * 3
 _MAX_CHUNK_FRAMES = 1024
 PUMP_INTERVAL = 0.005
+_SILENT = 1.0
+"""Seconds without a word from the peer after which its stream pauses."""
 """How often a room feeds its catching-up peers; small enough to pace smoothly."""
 
 
@@ -117,9 +120,15 @@ class TokenBucket:
 
 
 class CatchupStream:
-    """One peer's catch-up: which frame (or snapshot byte) goes next, at what pace."""
+    """One peer's catch-up: which frame (or snapshot byte) goes next, at what pace.
 
-    __slots__ = ("_pass_done_at", "bucket", "cursor", "snapshot", "snapshot_offset")
+    Runs in flight are remembered with their send time. When the oldest one is still not
+    acknowledged a round trip (at least 50 ms) after it was sent, and the peer has spoken
+    since, it was lost: the stream goes back to the first frame the peer lacks. A peer that
+    stops talking is sent nothing more, so a stream never pours into a dead link.
+    """
+
+    __slots__ = ("_inflight", "_pass_done_at", "bucket", "cursor", "snapshot", "snapshot_offset")
 
     def __init__(self, rate: float, now: float, snapshot: AgreedSnapshot | None) -> None:
         self.bucket = TokenBucket(rate, now)
@@ -128,25 +137,30 @@ class CatchupStream:
         """Sent first, when the client asked for it; None streams frames only."""
         self.snapshot_offset = 0
         self._pass_done_at: float | None = None
+        self._inflight: deque[tuple[int, float]] = deque()
+        """(last frame of a run, when it was sent), oldest first."""
 
-    def _restart_due(self, now: float, rtt: float, heard_at: float) -> bool:
-        """True once a finished pass has had a round trip to be acknowledged and the peer
-        has spoken since: a silent peer gets one pass, not a stream into the void."""
-        if self._pass_done_at is None:
-            self._pass_done_at = now
-        if now - self._pass_done_at < max(0.05, 2 * rtt) or heard_at <= self._pass_done_at:
-            return False
-        self._pass_done_at = None
-        return True
+    @staticmethod
+    def _patience(rtt: float) -> float:
+        return max(0.05, 2 * rtt)
 
     def pump_snapshot(self, now: float, rtt: float, heard_at: float) -> list[SnapshotChunk]:
+        """Snapshot chunks to send now. The client acknowledges only the whole snapshot (its
+        frame_ack jumps to the snapshot's frame), so a finished pass starts over after a round
+        trip if the peer has spoken since and still lacks it."""
         snap = self.snapshot
         assert snap is not None
         out: list[SnapshotChunk] = []
         size = len(snap.data)
+        if now - heard_at > _SILENT:
+            return out
         if self.snapshot_offset >= size:
-            if not self._restart_due(now, rtt, heard_at):
+            if self._pass_done_at is None:
+                self._pass_done_at = now
+            done_at = self._pass_done_at
+            if now - done_at < self._patience(rtt) or heard_at <= done_at:
                 return out
+            self._pass_done_at = None
             self.snapshot_offset = 0
         bucket = self.bucket
         bucket.refill(now)
@@ -156,8 +170,6 @@ class CatchupStream:
             out.append(SnapshotChunk(snap.frame, snap.hash, size, offset, piece))
             bucket.tokens -= len(piece) + 40 + SEALED_OVERHEAD
             self.snapshot_offset = offset + len(piece)
-        if out:
-            self._pass_done_at = None  # the pass is not over while it still sends
         return out
 
     def pump_frames(
@@ -172,11 +184,17 @@ class CatchupStream:
     ) -> list[bytes]:
         """CATCHUP bodies to send now, within this peer's byte budget."""
         out: list[bytes] = []
+        if now - heard_at > _SILENT:
+            return out
+        inflight = self._inflight
+        while inflight and inflight[0][0] <= frame_ack:
+            inflight.popleft()
+        if inflight:
+            sent_at = inflight[0][1]
+            if now - sent_at >= self._patience(rtt) and heard_at > sent_at:
+                inflight.clear()  # a run was lost: go back to the first frame the peer lacks
+                self.cursor = frame_ack + 1
         self.cursor = max(self.cursor, frame_ack + 1)
-        if self.cursor > last_frame:
-            if not self._restart_due(now, rtt, heard_at):
-                return out
-            self.cursor = frame_ack + 1
         bucket = self.bucket
         bucket.refill(now)
         while bucket.tokens > 0 and self.cursor <= last_frame:
@@ -185,8 +203,7 @@ class CatchupStream:
             out.append(body)
             bucket.tokens -= len(body) + SEALED_OVERHEAD
             self.cursor = first + count
-        if out:
-            self._pass_done_at = None  # new frames extended the pass: wait again after it
+            inflight.append((self.cursor - 1, now))
         return out
 
 

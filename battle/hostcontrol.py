@@ -109,7 +109,8 @@ class ControlClient:
                 if not data:
                     raise trio.BrokenResourceError("lobby closed before registering")
                 decoder.feed(data)
-                while (message := decoder.next_message()) is not None:
+                # Stop at Registered: whatever came in the same read stays in the decoder.
+                while registered is None and (message := decoder.next_message()) is not None:
                     if isinstance(message, Registered):
                         registered = message
         self.connected = True
@@ -128,6 +129,7 @@ class ControlClient:
         """Handle lobby messages. After half a lease of silence ask (Ping); a lobby silent for
         a whole lease is treated as gone and the connection is made anew."""
         pinged = False
+        await self._drain(decoder, send)  # anything that arrived with Registered
         while True:
             with trio.move_on_after(lease / 2) as silence:
                 data = await stream.receive_some(65536)
@@ -141,21 +143,23 @@ class ControlClient:
             if not data:
                 return
             decoder.feed(data)
-            while True:
-                try:
-                    message = decoder.next_message()
-                except ControlProtocolError as exc:
-                    if exc.fatal:
-                        raise
-                    self._log.warning("bad_control_message", error=str(exc))
-                    if exc.message_type == "create_room" and exc.request_id is not None:
-                        await send(
-                            Rejected(exc.request_id, exc.room_id or 0, RejectReason.BAD_REQUEST)
-                        )
-                    continue
-                if message is None:
-                    break
-                await self._handle(message, send)
+            await self._drain(decoder, send)
+
+    async def _drain(self, decoder: ControlDecoder, send: _Send) -> None:
+        """Handle every complete message in the decoder; answer a bad CreateRoom."""
+        while True:
+            try:
+                message = decoder.next_message()
+            except ControlProtocolError as exc:
+                if exc.fatal:
+                    raise
+                self._log.warning("bad_control_message", error=str(exc))
+                if exc.message_type == "create_room" and exc.request_id is not None:
+                    await send(Rejected(exc.request_id, exc.room_id or 0, RejectReason.BAD_REQUEST))
+                continue
+            if message is None:
+                break
+            await self._handle(message, send)
 
     async def _handle(self, message: ControlMessage, send: _Send) -> None:
         host = self.host

@@ -166,20 +166,24 @@ class Room:
         if self.state is RoomState.ENDED:
             return DenyReason.ROOM_ENDED
         peer = self.peers[ticket.slot]
-        existing = self.session_for(ticket.slot, address)
-        if (
-            existing is not None
-            and existing.ticket_nonce == ticket.nonce
-            and existing.client_salt == client_salt
-        ):
-            # The same client instance again: our ACCEPT was lost. Same session, same keys.
-            existing.last_recv = now
-            self._send_accept(peer, existing, now)
-            return None
-        # A new session never displaces the live one or another pending one here: it must
-        # first prove it holds the keys. Only the oldest pending is evicted past the cap.
-        if existing is not None and existing is not peer.session:
-            peer.pending.remove(existing)
+        for existing in (peer.session, *peer.pending):
+            if (
+                existing is not None
+                and existing.address == address
+                and existing.ticket_nonce == ticket.nonce
+                and existing.client_salt == client_salt
+            ):
+                # The same client instance again: our ACCEPT was lost. Same session, same
+                # keys. Only a pending session's patience is renewed: this datagram is not
+                # sealed, so it must not keep a live session from timing out.
+                if existing is not peer.session:
+                    existing.last_recv = now
+                self._send_accept(peer, existing, now)
+                return None
+        # A new session never displaces the live one or another address's pending one here:
+        # it must first prove it holds the keys. An earlier instance's pending session at
+        # this same address can no longer answer, so it goes; past the cap the oldest goes.
+        peer.pending = [p for p in peer.pending if p.address != address]
         if len(peer.pending) >= MAX_PENDING_SESSIONS:
             self._release(peer.pending.pop(0).address)
         salt = self._sink.entropy(16)

@@ -44,6 +44,16 @@ def _room_host(args: argparse.Namespace) -> int:
     return run_room_host(args)
 
 
+def _bench_capacity(args: argparse.Namespace) -> int:
+    from sim.bench_capacity import run_capacity_bench  # noqa: PLC0415
+
+    report = run_capacity_bench(
+        rooms=args.rooms, players=args.players, hz=args.hz, seconds=args.seconds
+    )
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.render())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="framesync",
@@ -88,7 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
     host.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     host.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     host.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    host.add_argument("--stats-file", help="write counters and tick lateness here on exit")
     host.set_defaults(func=_room_host)
+
+    bench = sub.add_parser("bench", help="benchmarks (results go in docs/BENCHMARKS.md)")
+    benches = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    capacity = benches.add_parser(
+        "capacity",
+        help="room host CPU per player-tick vs the raw socket ceiling, tick lateness",
+    )
+    capacity.add_argument("--rooms", type=int, default=100)
+    capacity.add_argument("--players", type=int, default=10)
+    capacity.add_argument("--hz", type=int, default=15, choices=range(10, 61), metavar="HZ")
+    capacity.add_argument("--seconds", type=float, default=20.0, help="measurement window")
+    capacity.add_argument("--json", action="store_true")
+    capacity.set_defaults(func=_bench_capacity)
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 from collections import Counter
@@ -63,12 +64,35 @@ async def _main(args: argparse.Namespace) -> None:
             start_metrics_server(args.metrics_port, snapshot, host.lateness)
         await host.wait_stopped()
         nursery.cancel_scope.cancel()
+    if args.stats_file:
+        _write_stats(host, Path(args.stats_file))
+
+
+def _write_stats(host: RoomHost, path: Path) -> None:
+    """Counters and raw tick lateness, for benchmarks that run the host as a process."""
+    core = host.core
+    assert core is not None
+    path.write_text(
+        json.dumps(
+            {
+                "stats": dict(core.stats),
+                "drops": dict(core.drops),
+                "lateness": list(host.lateness_samples),
+            }
+        )
+    )
 
 
 def run_room_host(args: argparse.Namespace) -> int:
     configure_logging(json=args.log_json, level=args.log_level)
+    profile_path = os.environ.get("FRAMESYNC_PROFILE")
     try:
-        trio.run(_main, args)
+        if profile_path:  # developer aid: cProfile the whole process into this file
+            import cProfile  # noqa: PLC0415
+
+            cProfile.runctx("trio.run(_main, args)", globals(), locals(), profile_path)
+        else:
+            trio.run(_main, args)
     except KeyboardInterrupt:  # pragma: no cover - signal receiver normally handles it
         return 130
     return 0

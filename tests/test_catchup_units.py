@@ -203,7 +203,8 @@ def test_pump_frames_paces_to_the_rate(rate: float, kind: str) -> None:
     now = 0.0
     for step in range(int(1.0 / PUMP_INTERVAL) + 1):
         now = step * PUMP_INTERVAL
-        bodies = stream.pump_frames(now, 0.05, now, 0, last, cache, encoded)
+        # The client acknowledges everything it was sent before this pump.
+        bodies = stream.pump_frames(now, 0.05, now, cursor - 1, last, cache, encoded)
         for first, count in _bodies_frames(bodies):
             assert first <= cursor < first + count  # in order, no gap
             cursor = first + count
@@ -222,7 +223,7 @@ def test_pump_frames_delivers_every_frame_in_order() -> None:
     got: list[bytes] = []
     now = 0.0
     while stream.cursor <= len(encoded):
-        bodies = stream.pump_frames(now, 0.05, now, 0, len(encoded), cache, encoded)
+        bodies = stream.pump_frames(now, 0.05, now, len(got), len(encoded), cache, encoded)
         for body in bodies:
             msg = decode_catchup_untrusted(body)
             assert msg.last_frame == len(encoded)
@@ -258,43 +259,47 @@ def _finish_pass(
 
 
 @pytest.mark.parametrize("rtt", [0.0, 0.01, 0.025, 0.125, 0.5])
-def test_finished_pass_restarts_after_the_wait_and_once_heard(rtt: float) -> None:
-    stream, cache, encoded = _finish_pass()
+def test_unacknowledged_run_is_resent_after_the_wait_once_heard(rtt: float) -> None:
+    stream, cache, encoded = _finish_pass()  # everything went out at t=0
     last = len(encoded)
     wait = max(0.05, 2 * rtt)
     ack = 20
-    # The pump that finds the pass finished marks its end; nothing goes out yet.
-    assert stream.pump_frames(1.0, rtt, 0.9, ack, last, cache, encoded) == []
-    # Heard from since, but the wait has not passed.
-    assert (
-        stream.pump_frames(1.0 + wait * 0.99, rtt, 1.0 + wait / 2, ack, last, cache, encoded) == []
-    )
-    # The wait has passed, but the peer was last heard before the pass ended (or exactly then).
-    assert stream.pump_frames(1.0 + wait, rtt, 0.95, ack, last, cache, encoded) == []
-    assert stream.pump_frames(1.0 + wait * 3, rtt, 1.0, ack, last, cache, encoded) == []
-    # Both: the next pass starts from the client's frame ack.
-    bodies = _bodies_frames(
-        stream.pump_frames(1.0 + wait * 3, rtt, 1.001, ack, last, cache, encoded)
-    )
+    # Heard from since, but a round trip has not passed: the run may still be acknowledged.
+    assert stream.pump_frames(wait * 0.99, rtt, wait / 2, ack, last, cache, encoded) == []
+    # The wait has passed, but the peer has not spoken since the run went out.
+    assert stream.pump_frames(wait * 3, rtt, 0.0, ack, last, cache, encoded) == []
+    # Both: the run was lost; the stream goes back to the client's frame ack.
+    heard = wait * 3 - 0.01
+    bodies = _bodies_frames(stream.pump_frames(wait * 3, rtt, heard, ack, last, cache, encoded))
     assert bodies[0][0] == ack + 1  # the frames are not a cached run: it starts exactly there
     assert sum(count for _, count in bodies) == last - ack
     assert stream.cursor == last + 1
 
 
-def test_restart_waits_exactly_the_round_trip_bound() -> None:
+def test_resend_waits_exactly_the_round_trip_bound() -> None:
     stream, cache, encoded = _finish_pass()
     last = len(encoded)
-    assert stream.pump_frames(1.0, 0.125, 1.0, 0, last, cache, encoded) == []
-    assert stream.pump_frames(1.2499, 0.125, 1.1, 0, last, cache, encoded) == []
-    assert stream.pump_frames(1.25, 0.125, 1.1, 0, last, cache, encoded)  # 2 * RTT elapsed
+    assert stream.pump_frames(0.2499, 0.125, 0.1, 0, last, cache, encoded) == []
+    assert stream.pump_frames(0.25, 0.125, 0.1, 0, last, cache, encoded)  # 2 * RTT elapsed
 
 
-def test_silent_peer_gets_one_pass() -> None:
+def test_acknowledged_runs_are_never_resent() -> None:
+    stream, cache, encoded = _finish_pass()
+    last = len(encoded)
+    for step in range(1, 100):
+        now = step * PUMP_INTERVAL
+        assert stream.pump_frames(now, 0.01, now, last, last, cache, encoded) == []
+
+
+def test_silent_peer_gets_one_pass_then_nothing() -> None:
     stream, cache, encoded = _finish_pass()
     last = len(encoded)
     for step in range(1, 400):
         now = step * PUMP_INTERVAL
         assert stream.pump_frames(now, 0.01, 0.0, 0, last, cache, encoded) == []
+    # Silent for over a second: even a new frame is not sent into the void.
+    encoded.append(encode_frame(Frame(last + 1)))
+    assert stream.pump_frames(2.5, 0.01, 0.0, 0, last + 1, cache, encoded) == []
 
 
 def test_restart_from_inside_a_cached_run_resends_that_run() -> None:
@@ -319,13 +324,14 @@ def test_new_frames_after_a_pass_are_sent_without_waiting() -> None:
     assert bodies == [(61, 1)]
 
 
-def test_pass_extended_by_new_frames_waits_again_before_restarting() -> None:
+def test_a_recent_run_is_not_resent_because_older_ones_were_acknowledged() -> None:
     stream, cache, encoded = _finish_pass()
-    assert stream.pump_frames(0.005, 0.01, 0.0, 0, 60, cache, encoded) == []  # pass ended
     encoded.append(encode_frame(Frame(61)))
-    assert stream.pump_frames(0.06, 0.01, 0.03, 0, 61, cache, encoded)  # frame 61 goes out
-    # The pass now ended at 0.06 (when frame 61 went out); 5 ms later is too early to resend.
-    assert stream.pump_frames(0.065, 0.01, 0.064, 0, 61, cache, encoded) == []
+    assert stream.pump_frames(0.06, 0.01, 0.03, 60, 61, cache, encoded)  # frame 61 goes out
+    # Frames 1-60 are acknowledged; frame 61 left 5 ms ago: too early to call it lost.
+    assert stream.pump_frames(0.065, 0.01, 0.064, 60, 61, cache, encoded) == []
+    # A round trip later, still unacknowledged and the peer has spoken: resend it.
+    assert _bodies_frames(stream.pump_frames(0.12, 0.01, 0.11, 60, 61, cache, encoded)) == [(61, 1)]
 
 
 # --- CatchupStream: snapshot -----------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import pytest
@@ -9,13 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from battle.errors import BadDatagram
-from battle.sealing import REPLAY_WINDOW, ReplayWindow, SessionCipher
+from battle.sealing import REPLAY_WINDOW, ReplayWindow, SessionCipher, derive_session_keys
+from battle.ticket import ClientKeys
 from battle.wire import (
     MAX_DATAGRAM,
     MAX_SEALED_BODY,
     SEALED_HEADER,
     SEALED_HEADER_SIZE,
     SEALED_OVERHEAD,
+    SESSION_SALT_SIZE,
     PacketType,
     Sealed,
     decode_datagram_untrusted,
@@ -113,6 +116,67 @@ def test_a_side_cannot_open_its_own_direction() -> None:
     confused = SessionCipher(C2S, S2C)
     assert reason(confused, parse(data)) == "forged"
     assert server.open_untrusted(parse(data)) == b"hello"
+
+
+# --- session keys ----------------------------------------------------------------------------
+
+TICKET_KEYS = ClientKeys(C2S, S2C)
+ROOM_SALT = bytes(range(0x30, 0x40))
+CLIENT_SALT = bytes(range(0x40, 0x50))
+
+
+def test_session_keys_are_keyed_blake2b_of_label_and_both_salts() -> None:
+    keys = derive_session_keys(TICKET_KEYS, ROOM_SALT, CLIENT_SALT)
+    message = ROOM_SALT + CLIENT_SALT  # the room's salt first, then the client's
+    assert keys.c2s == hashlib.blake2b(b"framesync c2s" + message, key=C2S, digest_size=32).digest()
+    assert keys.s2c == hashlib.blake2b(b"framesync s2c" + message, key=S2C, digest_size=32).digest()
+    assert len({keys.c2s, keys.s2c, C2S, S2C}) == 4
+
+
+@settings(max_examples=50)
+@given(
+    st.binary(min_size=SESSION_SALT_SIZE, max_size=SESSION_SALT_SIZE),
+    st.binary(min_size=SESSION_SALT_SIZE, max_size=SESSION_SALT_SIZE),
+)
+def test_another_client_salt_gives_other_keys(salt_a: bytes, salt_b: bytes) -> None:
+    a = derive_session_keys(TICKET_KEYS, ROOM_SALT, salt_a)
+    b = derive_session_keys(TICKET_KEYS, ROOM_SALT, salt_b)
+    assert (a == b) == (salt_a == salt_b)
+    if salt_a != salt_b:
+        assert a.c2s != b.c2s and a.s2c != b.s2c
+
+
+def test_each_salt_counts_and_in_its_own_place() -> None:
+    base = derive_session_keys(TICKET_KEYS, ROOM_SALT, CLIENT_SALT)
+    assert derive_session_keys(TICKET_KEYS, ROOM_SALT, CLIENT_SALT) == base  # deterministic
+    others = [
+        derive_session_keys(TICKET_KEYS, bytes(16), CLIENT_SALT),  # another room salt
+        derive_session_keys(TICKET_KEYS, ROOM_SALT, bytes(16)),  # another client salt
+        derive_session_keys(TICKET_KEYS, CLIENT_SALT, ROOM_SALT),  # the salts swapped
+        derive_session_keys(ClientKeys(S2C, C2S), ROOM_SALT, CLIENT_SALT),  # other ticket keys
+    ]
+    for other in others:
+        assert other.c2s != base.c2s and other.s2c != base.s2c
+
+
+def test_a_session_of_another_client_salt_cannot_open_this_one() -> None:
+    mine = derive_session_keys(TICKET_KEYS, ROOM_SALT, CLIENT_SALT)
+    theirs = derive_session_keys(TICKET_KEYS, ROOM_SALT, bytes(16))
+    room = SessionCipher(send_key=mine.s2c, recv_key=mine.c2s)
+    accept = room.seal(PacketType.ACCEPT, b"body", salt=ROOM_SALT)
+    assert reason(SessionCipher(theirs.c2s, theirs.s2c), parse(accept)) == "forged"
+    assert SessionCipher(mine.c2s, mine.s2c).open_untrusted(parse(accept)) == b"body"
+
+
+@pytest.mark.parametrize("size", [0, 1, SESSION_SALT_SIZE - 1, SESSION_SALT_SIZE + 1, 32])
+def test_session_salts_of_the_wrong_size_are_refused(size: int) -> None:
+    with pytest.raises(ValueError):
+        derive_session_keys(TICKET_KEYS, bytes(size), CLIENT_SALT)
+    with pytest.raises(ValueError):
+        derive_session_keys(TICKET_KEYS, ROOM_SALT, bytes(size))
+    # Both salts together still make 32 bytes here, but each must be 16 on its own.
+    with pytest.raises(ValueError):
+        derive_session_keys(TICKET_KEYS, bytes(size), bytes(32 - size))
 
 
 # --- tampering -------------------------------------------------------------------------------

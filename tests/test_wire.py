@@ -17,6 +17,7 @@ from battle.wire import (
     SEALED_HEADER_SIZE,
     SEALED_OVERHEAD,
     SEALED_TYPES,
+    SESSION_SALT_SIZE,
     TICKET_SIZE,
     Challenge,
     ConnectRequest,
@@ -36,12 +37,13 @@ from battle.wire import (
 U64 = 2**64 - 1
 TICKET = bytes(range(TICKET_SIZE))
 COOKIE = bytes(range(200, 200 + COOKIE_SIZE))
+CLIENT_SALT = bytes(range(0x40, 0x40 + SESSION_SALT_SIZE))
 
 # Exact sizes of the fixed-size (pre-handshake) datagrams.
 FIXED_SIZES = {
     PacketType.CONNECT_REQUEST: CONNECT_REQUEST_SIZE,
     PacketType.CHALLENGE: 2 + COOKIE_SIZE,
-    PacketType.CONNECT_RESPONSE: 2 + COOKIE_SIZE + TICKET_SIZE,
+    PacketType.CONNECT_RESPONSE: 2 + COOKIE_SIZE + TICKET_SIZE + SESSION_SALT_SIZE,
     PacketType.DENIED: 3,
 }
 KNOWN_TYPES = {int(t) for t in PacketType}
@@ -59,7 +61,7 @@ def valid_datagram(ptype: PacketType) -> bytes:
     if ptype is PacketType.CHALLENGE:
         return encode_challenge(COOKIE)
     if ptype is PacketType.CONNECT_RESPONSE:
-        return encode_connect_response(COOKIE, TICKET)
+        return encode_connect_response(COOKIE, TICKET, CLIENT_SALT)
     if ptype is PacketType.DENIED:
         return encode_denied(DenyReason.ROOM_FULL)
     return sealed_header(ptype, 7) + bytes(40)
@@ -73,6 +75,15 @@ def test_magic_byte_layout() -> None:
     assert MAGIC >> 4 == 0xF
     assert SEALED_HEADER_SIZE == 10
     assert SEALED_OVERHEAD == SEALED_HEADER_SIZE + 16
+
+
+def test_fixed_sizes_are_the_documented_ones() -> None:
+    assert FIXED_SIZES == {
+        PacketType.CONNECT_REQUEST: 512,
+        PacketType.CHALLENGE: 22,
+        PacketType.CONNECT_RESPONSE: 166,
+        PacketType.DENIED: 3,
+    }
 
 
 def test_connect_request_is_fixed_size_and_larger_than_every_pre_handshake_reply() -> None:
@@ -221,15 +232,29 @@ def test_challenge_round_trip(cookie: bytes) -> None:
 @given(
     st.binary(min_size=COOKIE_SIZE, max_size=COOKIE_SIZE),
     st.binary(min_size=TICKET_SIZE, max_size=TICKET_SIZE),
+    st.binary(min_size=SESSION_SALT_SIZE, max_size=SESSION_SALT_SIZE),
 )
-def test_connect_response_round_trip(cookie: bytes, ticket: bytes) -> None:
-    data = encode_connect_response(cookie, ticket)
+def test_connect_response_round_trip(cookie: bytes, ticket: bytes, salt: bytes) -> None:
+    data = encode_connect_response(cookie, ticket, salt)
     assert len(data) == FIXED_SIZES[PacketType.CONNECT_RESPONSE]
+    # magic, type, cookie, ticket, client salt: in that order, nothing else
+    assert data == bytes((MAGIC, PacketType.CONNECT_RESPONSE)) + cookie + ticket + salt
     parsed = decode_datagram_untrusted(data)
-    assert parsed == ConnectResponse(cookie, ticket)
+    assert parsed == ConnectResponse(cookie, ticket, salt)
     assert isinstance(parsed, ConnectResponse)
     assert type(parsed.cookie) is bytes
     assert type(parsed.ticket) is bytes
+    assert type(parsed.client_salt) is bytes
+    assert parsed.client_salt == salt
+
+
+def test_connect_response_fields_do_not_bleed_into_each_other() -> None:
+    parsed = decode_datagram_untrusted(encode_connect_response(COOKIE, TICKET, CLIENT_SALT))
+    assert isinstance(parsed, ConnectResponse)
+    assert (parsed.cookie, parsed.ticket, parsed.client_salt) == (COOKIE, TICKET, CLIENT_SALT)
+    # The 150-byte response of the salt-less handshake is now the wrong size.
+    old = bytes((MAGIC, PacketType.CONNECT_RESPONSE)) + COOKIE + TICKET
+    assert reason_of(old) == "bad_size"
 
 
 @pytest.mark.parametrize("reason", list(DenyReason))
@@ -247,7 +272,7 @@ def test_encoders_reject_wrong_ticket_size(size: int) -> None:
     with pytest.raises(ValueError):
         encode_connect_request(bytes(size))
     with pytest.raises(ValueError):
-        encode_connect_response(COOKIE, bytes(size))
+        encode_connect_response(COOKIE, bytes(size), CLIENT_SALT)
 
 
 @pytest.mark.parametrize("size", [0, COOKIE_SIZE - 1, COOKIE_SIZE + 1])
@@ -255,7 +280,13 @@ def test_encoders_reject_wrong_cookie_size(size: int) -> None:
     with pytest.raises(ValueError):
         encode_challenge(bytes(size))
     with pytest.raises(ValueError):
-        encode_connect_response(bytes(size), TICKET)
+        encode_connect_response(bytes(size), TICKET, CLIENT_SALT)
+
+
+@pytest.mark.parametrize("size", [0, SESSION_SALT_SIZE - 1, SESSION_SALT_SIZE + 1, 32])
+def test_encoders_reject_wrong_client_salt_size(size: int) -> None:
+    with pytest.raises(ValueError):
+        encode_connect_response(COOKIE, TICKET, bytes(size))
 
 
 # --- sealed headers --------------------------------------------------------------------------
