@@ -5,7 +5,7 @@ from the match seed, so everything here is integer-only and mirrors the
 reference C code bit for bit: SplitMix64 to spread the seed, PCG32 (XSH RR,
 pcg-random.org minimal library) for the stream. Python ints are unbounded, so
 every 64-bit and 32-bit wrap that C gets for free is an explicit mask here.
-docs/_prng_section.md is the cross-language spec and holds the golden vectors.
+docs/PROTOCOL.md ("Seeded PRNG") is the cross-language spec and holds the golden vectors.
 """
 
 from __future__ import annotations

@@ -459,7 +459,7 @@ def test_room_config_from_plain_validation() -> None:
     ],
 )
 def test_documented_example_frames(msg: ControlMessage, hex_frame: str) -> None:
-    """The example frames in docs/_control_section.md (PROTOCOL.md, "Control channel")."""
+    """The example frames in docs/PROTOCOL.md, "Control channel"."""
     data = bytes.fromhex(hex_frame)
     assert encode_message(msg) == data
     assert decode_all(data) == [msg]

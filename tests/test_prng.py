@@ -14,7 +14,7 @@ from sim.prng import Pcg32, SplitMix64
 
 U32 = 1 << 32
 U64 = 1 << 64
-DOC = Path(__file__).resolve().parents[1] / "docs" / "_prng_section.md"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md"
 
 u64s = st.integers(min_value=0, max_value=U64 - 1)
 bounds = st.integers(min_value=1, max_value=U32)
