@@ -8,9 +8,11 @@ catch-up never floods the client's link or the host's socket. A client that asks
 instead receive the latest *agreed* snapshot (a state whose hash the majority confirmed) and
 only the frames after it, so catch-up cost follows time offline, not match length.
 
-Nothing here waits on a retransmission timer while data flows: the client acknowledges the
-last contiguous frame it holds in every packet, and a pass that ends with the client still
-behind starts again from that frame once a round trip has passed.
+The client acknowledges the last contiguous frame it holds in every packet (and sends one
+as soon as catch-up data arrives). A run still unacknowledged a round trip plus the client's
+ack interval after it left, with the peer heard from since, was lost: the stream goes back to
+the first frame the peer lacks. Runs are compressed on first use, a few at a time, so the
+first catch-up of a long match never stalls the host's other rooms.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from battle.wire import MAX_SEALED_BODY, SEALED_OVERHEAD
 
 PAYLOAD_BUDGET = MAX_SEALED_BODY - 32
 """Compressed bytes per CATCHUP datagram, leaving room for the four-field body header."""
-_RAW_TARGET = PAYLOAD_BUDGET * 3
 _MAX_CHUNK_FRAMES = 1024
+_RUNS_PER_CALL = 8
+"""Runs compressed into the cache per lookup; beyond that a lookup builds one uncached run."""
 PUMP_INTERVAL = 0.005
+"""How often a room feeds its catching-up peers; small enough to pace smoothly."""
 _SILENT = 1.0
 """Seconds without a word from the peer after which its stream pauses."""
-"""How often a room feeds its catching-up peers; small enough to pace smoothly."""
 
 
 def _compress(encoded: list[bytes]) -> bytes:
@@ -40,24 +43,36 @@ def _compress(encoded: list[bytes]) -> bytes:
 class ChunkCache:
     """Complete compressed runs of closed frames; frames never change once closed."""
 
-    __slots__ = ("_firsts", "_next", "chunks")
+    __slots__ = ("_counted", "_firsts", "_next", "_pending_raw", "_ratio", "_tail", "chunks")
 
     def __init__(self) -> None:
         self.chunks: list[tuple[int, int, bytes]] = []
         """(first frame, frame count, zlib payload), in frame order, contiguous from frame 1."""
         self._firsts: list[int] = []
         self._next = 1
+        self._counted = 0
+        """Frames whose sizes are in _pending_raw (the ones from _next on)."""
+        self._pending_raw = 0
+        self._tail: tuple[int, int, tuple[int, int, bytes]] | None = None
+        """The last tail run built: (from frame, last frame then, run), shared by peers."""
+        self._ratio = 3.0
+        """Recent raw:compressed ratio, so a run is usually right on the first compression."""
+
+    @property
+    def _raw_target(self) -> int:
+        return int(PAYLOAD_BUDGET * self._ratio * 0.95)
 
     def _build(
         self, encoded: list[bytes], first: int, *, complete_only: bool
     ) -> tuple[int, bytes] | None:
         """Frames from `first` that fit one datagram compressed: (count, payload)."""
         last = len(encoded)
+        target = self._raw_target
         count = 0
         raw = 0
         while first + count <= last and count < _MAX_CHUNK_FRAMES:
             size = len(encoded[first + count - 1])
-            if count and raw + size > _RAW_TARGET:
+            if count and raw + size > target:
                 break
             raw += size
             count += 1
@@ -68,31 +83,49 @@ class ChunkCache:
         while True:
             payload = _compress(encoded[first - 1 : first - 1 + count])
             if len(payload) <= PAYLOAD_BUDGET or count == 1:
+                if complete_only and payload:
+                    raw = sum(map(len, encoded[first - 1 : first - 1 + count]))
+                    self._ratio = min(8.0, max(1.0, (self._ratio + raw / len(payload)) / 2))
                 return count, payload
             count = max(1, min(count - 1, int(count * PAYLOAD_BUDGET / len(payload) * 0.9)))
 
-    def extend(self, encoded: list[bytes]) -> None:
-        """Cache every run that is now complete."""
-        while True:
+    def extend(self, encoded: list[bytes], limit: int | None = None) -> None:
+        """Cache runs that are now complete, at most `limit` of them (cheap when none is:
+        frame sizes are summed once)."""
+        for size in map(len, encoded[max(self._counted, self._next - 1) :]):
+            self._pending_raw += size
+        self._counted = len(encoded)
+        pending = len(encoded) - self._next + 1
+        if self._pending_raw <= self._raw_target and pending < _MAX_CHUNK_FRAMES:
+            return
+        built_runs = 0
+        while limit is None or built_runs < limit:
+            built_runs += 1
             built = self._build(encoded, self._next, complete_only=True)
             if built is None:
-                return
+                break
             count, payload = built
             self.chunks.append((self._next, count, payload))
             self._firsts.append(self._next)
             self._next += count
+        self._pending_raw = sum(map(len, encoded[self._next - 1 :]))
 
     def chunk_at(self, frame: int, encoded: list[bytes]) -> tuple[int, int, bytes]:
         """The cached run holding `frame`, or a fresh tail run from `frame` (not cached)."""
         if frame >= self._next:
-            self.extend(encoded)
+            self.extend(encoded, _RUNS_PER_CALL)
         if frame < self._next:
             i = bisect.bisect_right(self._firsts, frame) - 1
             return self.chunks[i]
+        tail = self._tail
+        if tail is not None and tail[0] == frame and tail[1] == len(encoded):
+            return tail[2]
         built = self._build(encoded, frame, complete_only=False)
         if built is None:
             raise ValueError(f"frame {frame} is not closed yet")
-        return frame, built[0], built[1]
+        run = (frame, built[0], built[1])
+        self._tail = (frame, len(encoded), run)
+        return run
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,14 +156,32 @@ class CatchupStream:
     """One peer's catch-up: which frame (or snapshot byte) goes next, at what pace.
 
     Runs in flight are remembered with their send time. When the oldest one is still not
-    acknowledged a round trip (at least 50 ms) after it was sent, and the peer has spoken
-    since, it was lost: the stream goes back to the first frame the peer lacks. A peer that
-    stops talking is sent nothing more, so a stream never pours into a dead link.
+    acknowledged a round trip (at least 50 ms) plus the client's ack interval after it was
+    sent, and the peer has spoken since, it was lost: the stream goes back to the first
+    frame the peer lacks. A peer that stops talking is sent nothing more, so a stream never
+    pours into a dead link.
     """
 
-    __slots__ = ("_inflight", "_pass_done_at", "bucket", "cursor", "snapshot", "snapshot_offset")
+    __slots__ = (
+        "_inflight",
+        "_pass_done_at",
+        "ack_interval",
+        "bucket",
+        "cursor",
+        "snapshot",
+        "snapshot_offset",
+    )
 
-    def __init__(self, rate: float, now: float, snapshot: AgreedSnapshot | None) -> None:
+    def __init__(
+        self,
+        rate: float,
+        now: float,
+        snapshot: AgreedSnapshot | None,
+        *,
+        ack_interval: float = 0.0,
+    ) -> None:
+        self.ack_interval = ack_interval
+        """Longest a client may take to acknowledge (it acks at least once per tick)."""
         self.bucket = TokenBucket(rate, now)
         self.cursor = 0
         self.snapshot = snapshot
@@ -140,9 +191,9 @@ class CatchupStream:
         self._inflight: deque[tuple[int, float]] = deque()
         """(last frame of a run, when it was sent), oldest first."""
 
-    @staticmethod
-    def _patience(rtt: float) -> float:
-        return max(0.05, 2 * rtt)
+    def _patience(self, rtt: float) -> float:
+        """How long an unacknowledged run may be in flight before it counts as lost."""
+        return max(0.05, 2 * rtt) + self.ack_interval
 
     def pump_snapshot(self, now: float, rtt: float, heard_at: float) -> list[SnapshotChunk]:
         """Snapshot chunks to send now. The client acknowledges only the whole snapshot (its

@@ -104,6 +104,7 @@ ClientEvent = Accepted | FrameReceived | SnapshotReceived | DesyncAnnounced | Di
 
 _LEFT_BODY = encode_disconnect(Disconnect(DisconnectReason.LEFT))
 _MAX_BUFFERED_RUNS = 256
+_CATCHUP_ACK_DELAY = 0.01
 _MAX_PENDING_HASHES = 1024
 _UPLOAD_CHUNKS_PER_SEND = 8
 _UPLOAD_RETRY = 1.0
@@ -337,7 +338,7 @@ class ClientConnection:
                 self._on_catchup(decode_catchup_untrusted(body), now)
         elif ptype is PacketType.SNAPSHOT:
             if self.state is ClientState.CONNECTED:
-                self._on_snapshot(decode_snapshot_chunk_untrusted(body))
+                self._on_snapshot(decode_snapshot_chunk_untrusted(body), now)
         elif ptype is PacketType.DISCONNECT:
             msg = decode_disconnect_untrusted(body)
             self._close(msg.reason.name.lower())
@@ -409,6 +410,7 @@ class ClientConnection:
             return
         self._deliver(run.frames, now)
         self._drain_runs(now)
+        self._ack_soon(now)
 
     def _drain_runs(self, now: float) -> None:
         runs = self._runs
@@ -424,7 +426,7 @@ class ClientConnection:
             else:
                 return
 
-    def _on_snapshot(self, chunk: SnapshotChunk) -> None:
+    def _on_snapshot(self, chunk: SnapshotChunk, now: float) -> None:
         if chunk.frame <= self.frame_ack:
             return
         try:
@@ -436,6 +438,13 @@ class ClientConnection:
             self.frame_ack = snap.frame
             self.prefer_snapshot = False
             self._events.append(SnapshotReceived(snap.frame, snap.hash, snap.data))
+            self._ack_soon(now)
+
+    def _ack_soon(self, now: float) -> None:
+        """During catch-up, acknowledge within ~10 ms rather than at the next tick, so the
+        room neither stalls nor resends what already arrived."""
+        if now >= self._last_send + _CATCHUP_ACK_DELAY:
+            self._send_update(now)
 
     def _ack_inputs(self, input_ack: int) -> None:
         unacked = self._unacked

@@ -51,6 +51,8 @@ class Peer:
         "session",
         "snapshot_ack",
         "status",
+        "tail",
+        "tail_key",
         "upload",
         "want_snapshot",
     )
@@ -74,3 +76,6 @@ class Peer:
         self.result_acked = False
         self.upload = SnapshotAssembler(snapshot_limit)
         self.snapshot_ack = 0
+        self.tail_key: tuple[object, ...] = ()
+        self.tail = b""
+        """SERVER_UPDATE's last fields, encoded; re-encoded only when tail_key changes."""

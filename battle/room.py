@@ -106,6 +106,7 @@ class Room:
         self._clock_offset = clock_offset
         self._sink = sink
         self._interval = config.tick_interval
+        self._limit = config.redundancy_frames
         self._next_tick = 0.0
         self._next_heartbeat = now
         self._empty_since: float | None = None
@@ -315,6 +316,10 @@ class Room:
         if msg.frame_ack > peer.frame_ack:
             peer.frame_ack = min(msg.frame_ack, self.last_frame)
         peer.want_snapshot = msg.want_snapshot
+        if peer.catchup is None and (
+            msg.want_snapshot or len(self.frames) - peer.frame_ack > 2 * self._limit
+        ):
+            self._update_catchup(peer, now)  # start now, not at the next tick
         if msg.hashes or msg.result is not None:
             self._on_reports(peer, msg, now)
         if msg.inputs:
@@ -433,10 +438,11 @@ class Room:
                 self._send_update(peer, peer.session, now)
 
     def _send_update(self, peer: Peer, session: Session, now: float) -> None:
-        last = self.last_frame
+        last = len(self.frames)
         first = peer.frame_ack + 1
-        limit = self.config.redundancy_frames
-        self._update_catchup(peer, now)
+        limit = self._limit
+        if peer.catchup is not None or last - peer.frame_ack > limit or peer.want_snapshot:
+            self._update_catchup(peer, now)
         chunk: list[bytes] = []
         if peer.catchup is None:
             budget = FRAME_BUDGET
@@ -455,11 +461,17 @@ class Room:
             chunk,
             last,
             self.state,
-            encode_update_tail(
-                peer.hash_ack, peer.result_acked, self.desync_notice, peer.snapshot_ack
-            ),
+            self._tail_for(peer),
         )
         self._emit(session, PacketType.SERVER_UPDATE, body, now)
+
+    def _tail_for(self, peer: Peer) -> bytes:
+        """The update's last four fields; they rarely change, so encode on change only."""
+        key = (peer.hash_ack, peer.result_acked, self.desync_notice, peer.snapshot_ack)
+        if peer.tail_key != key:
+            peer.tail_key = key
+            peer.tail = encode_update_tail(*key)
+        return peer.tail
 
     # -- catch-up ------------------------------------------------------------------------
 
@@ -470,18 +482,24 @@ class Room:
         return None
 
     def _update_catchup(self, peer: Peer, now: float) -> CatchupStream | None:
-        """Start or stop streaming to a peer from how far behind it is; returns the stream."""
+        """Start or stop streaming to a peer from how far behind it is; returns the stream.
+
+        It starts past twice the redundancy window and stops within it: a peer that is a
+        little late (a slow ack) keeps getting live updates, which resend what it lacks.
+        """
         behind = self.last_frame - peer.frame_ack
-        limit = self.config.redundancy_frames
+        limit = self._limit
         stream = peer.catchup
         if stream is None:
             snap = self._snapshot_for(peer)
-            if behind <= limit and snap is None:
+            if behind <= 2 * limit and snap is None:
                 return None
             session = peer.session
             if session is None or now - session.last_recv > _ALIVE:
                 return None  # silent: streaming would only fill a dead link
-            peer.catchup = CatchupStream(self.config.catchup_rate, now, snap)
+            peer.catchup = CatchupStream(
+                self.config.catchup_rate, now, snap, ack_interval=self._interval
+            )
             peer.catchup_started = (now, peer.frame_ack)
             self._sink.stats["catch_ups_started"] += 1
             self._sink.events.append(

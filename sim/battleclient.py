@@ -28,6 +28,7 @@ from battle.frames import Frame
 from battle.ticket import ClientKeys
 
 Address = tuple[str, int]
+_RECV_BUFFER = 4 * 1024 * 1024
 
 
 class BattleClient:
@@ -105,6 +106,8 @@ class BattleClient:
 
     def _new_socket(self) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with contextlib.suppress(OSError):  # room for a catch-up burst; the OS may cap it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECV_BUFFER)
         sock.setblocking(False)
         sock.bind((self.bind_host, 0))
         return sock

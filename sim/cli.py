@@ -54,6 +54,23 @@ def _bench_capacity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_reconnect(args: argparse.Namespace) -> int:
+    from sim.bench_reconnect import run_reconnect_bench  # noqa: PLC0415
+
+    report = run_reconnect_bench(
+        minutes=args.minutes,
+        players=args.players,
+        hz=args.hz,
+        inputs_per_second=args.inputs_per_second,
+        input_bytes=args.input_bytes,
+        snapshot_bytes=args.snapshot_bytes,
+        seed=args.seed,
+        repeats=args.repeats,
+    )
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.render())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="framesync",
@@ -113,6 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
     capacity.add_argument("--seconds", type=float, default=20.0, help="measurement window")
     capacity.add_argument("--json", action="store_true")
     capacity.set_defaults(func=_bench_capacity)
+    reconnect = benches.add_parser(
+        "reconnect",
+        help="catch-up time and bytes for a client rejoining a long match, from frame 0 "
+        "and from an agreed snapshot",
+    )
+    reconnect.add_argument("--minutes", type=float, default=20.0, help="match history length")
+    reconnect.add_argument("--players", type=int, default=10)
+    reconnect.add_argument("--hz", type=int, default=15, choices=range(10, 61), metavar="HZ")
+    reconnect.add_argument("--inputs-per-second", type=float, default=4.0, help="per player")
+    reconnect.add_argument("--input-bytes", type=int, default=8)
+    reconnect.add_argument("--snapshot-bytes", type=int, default=64 * 1024)
+    reconnect.add_argument("--seed", type=int, default=1)
+    reconnect.add_argument("--repeats", type=int, default=5, help="runs per case (median)")
+    reconnect.add_argument("--json", action="store_true")
+    reconnect.set_defaults(func=_bench_reconnect)
     return parser
 
 
