@@ -95,6 +95,8 @@ class HostSettings:
     capacity: int = 200
     """Rooms this process accepts; CREATE_ROOM beyond it is rejected as full."""
     drain_timeout: float = 600.0
+    coalesce: float = 0.001
+    """Seconds the receive loop waits for datagrams to gather after a small batch."""
 
 
 @dataclass(slots=True)
@@ -124,6 +126,7 @@ class RoomHost:
         self.lateness_samples: deque[tuple[float, float]] = deque(maxlen=500_000)
         """(monotonic time, seconds) per ticker wake-up, for benchmarks."""
         self.draining = False
+        self.coalesce = settings.coalesce
         self.address: Address = settings.bind
         self._cookie_secret = cookie_secret or os.urandom(32)
         self._sock: socket.socket | None = None
@@ -274,11 +277,13 @@ class RoomHost:
         assert sock is not None and core is not None
         recvfrom = sock.recvfrom
         receive = core.receive_datagram
+        stats = core.stats
         while True:
             await trio.lowlevel.wait_readable(sock)
             now = trio.current_time()
             before = core.next_deadline()
-            for _ in range(RECV_BATCH):
+            handled = 0
+            while handled < RECV_BATCH:
                 try:
                     data, addr = recvfrom(2048)
                 except BlockingIOError:
@@ -286,13 +291,20 @@ class RoomHost:
                 except OSError:  # e.g. ICMP port unreachable surfacing on a UDP socket
                     core.drops["socket_error"] += 1
                     continue
+                handled += 1
                 receive(data, addr[:2], now)
+            stats["receive_wakeups"] += 1
             self._flush()
             after = core.next_deadline()
             if after is not None and (before is None or after < before):
                 self._wakeup.set()
             self._process(now)
-            await trio.lowlevel.checkpoint()
+            if handled < RECV_BATCH and self.coalesce > 0:
+                # A light trickle: let datagrams gather briefly instead of waking for each
+                # one (interrupt coalescing; costs at most `coalesce` of added latency).
+                await trio.sleep(self.coalesce)
+            else:
+                await trio.lowlevel.checkpoint()
 
     def _flush(self) -> None:
         """Send what the core produced now; park the rest if the kernel buffer is full."""

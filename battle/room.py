@@ -106,6 +106,11 @@ class Room:
         self._clock_offset = clock_offset
         self._sink = sink
         self._interval = config.tick_interval
+        self.deadline_moved = False
+        """Set when handling a datagram made the next deadline earlier (the host reschedules
+        only then; a deadline that moved later just causes one early, harmless tick)."""
+        self.phase = 0.0
+        """Fraction of a tick interval by which the first frame is delayed (set by the host)."""
         self._limit = config.redundancy_frames
         self._next_tick = 0.0
         self._next_heartbeat = now
@@ -371,7 +376,10 @@ class Room:
     def _start(self, now: float) -> None:
         self.state = RoomState.RUNNING
         self.started_at = now
-        self._next_tick = now + self._interval
+        self.deadline_moved = True
+        # Rooms that start together would tick together; the phase spreads them over the
+        # interval so one host's ticks never bunch up (at most one interval of extra wait).
+        self._next_tick = now + self._interval * (1.0 + self.phase)
         if not self.connected_slots():
             self._empty_since = now
         self._sink.events.append(RoomStarted(self.room_id, now, self.connected_slots()))
@@ -513,6 +521,7 @@ class Room:
             )
             if self._pump_at is None:
                 self._pump_at = now
+                self.deadline_moved = True
             return peer.catchup
         if stream.snapshot is not None and peer.frame_ack >= stream.snapshot.frame:
             stream.snapshot = None
@@ -685,6 +694,7 @@ class Room:
             return
         self.state = RoomState.ENDED
         self.end_reason = reason
+        self.deadline_moved = True
         self._linger_until = now + self.config.end_linger
         self._next_tick = now + self._interval
         self._sink.events.append(RoomEnded(self.room_id, self.last_frame, reason))

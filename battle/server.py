@@ -31,6 +31,8 @@ from battle.wire import (
     encode_denied,
 )
 
+_GOLDEN = 0.6180339887498949
+
 
 class HostCore:
     """Every room of one room host process, behind one datagram interface."""
@@ -55,6 +57,7 @@ class HostCore:
         self._routes: dict[Address, tuple[Room, int]] = {}
         self._schedule: list[tuple[float, int]] = []
         self._scheduled: dict[int, float] = {}
+        self._created = 0
 
     @property
     def drops(self) -> Counter[str]:
@@ -93,6 +96,10 @@ class HostCore:
             clock_offset=self.clock_offset,
             sink=self.sink,
         )
+        # Successive rooms get phases spread by the golden ratio: any number of rooms
+        # starting at once still tick at evenly spread moments.
+        room.phase = (self._created * _GOLDEN) % 1.0  # the first room: no delay
+        self._created += 1
         self.rooms[room_id] = room
         self._reschedule(room)
         return room
@@ -124,7 +131,8 @@ class HostCore:
                 return
             room, slot = route
             room.receive_sealed(slot, datagram, addr, now)
-            self._after(room)
+            if room.deadline_moved or self.sink.released:
+                self._after(room)
         elif isinstance(datagram, ConnectRequest):
             self._on_connect_request(datagram, addr, now)
         elif isinstance(datagram, ConnectResponse):
@@ -215,6 +223,7 @@ class HostCore:
                 if route is not None and route[0].session_for(route[1], addr) is None:
                     del self._routes[addr]
             released.clear()
+        room.deadline_moved = False
         self._reschedule(room)
 
     def _reschedule(self, room: Room) -> None:

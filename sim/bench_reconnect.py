@@ -282,6 +282,7 @@ def fast_forward(room: Room, history: Sequence[Sequence[FrameInput]], end: float
         raise ValueError("fast_forward needs a room that has not started")
     interval = room.config.tick_interval
     start = end - (len(history) + 0.5) * interval
+    room.phase = 0.0  # frame n closes exactly n intervals after the start
     room._start(start)  # no public way to start a room nobody has connected to
     peers = room.peers
     first = room.last_frame + 1

@@ -88,6 +88,21 @@ DECODERS: list[Callable[[bytes], object]] = [
 ]
 
 
+def _defaults(msg: Any) -> dict[str, Any]:
+    """Field defaults of a message, whether a frozen dataclass or a NamedTuple."""
+    if dataclasses.is_dataclass(msg):
+        return {f.name: f.default for f in dataclasses.fields(msg)}
+    defaults: dict[str, Any] = {name: dataclasses.MISSING for name in msg._fields}
+    defaults.update(type(msg)._field_defaults)
+    return defaults
+
+
+def _replace(msg: Any, **changes: Any) -> Any:
+    if dataclasses.is_dataclass(msg):
+        return dataclasses.replace(msg, **changes)
+    return msg._replace(**changes)
+
+
 def pack(obj: object) -> bytes:
     packed: bytes = msgpack.packb(obj, use_bin_type=True)
     return packed
@@ -250,7 +265,7 @@ def test_samples_round_trip(sample: Sample) -> None:
 @by_sample
 def test_sample_optional_fields_are_not_defaults(sample: Sample) -> None:
     """Otherwise a decoder that ignored them would pass the round trips."""
-    defaults = {f.name: f.default for f in dataclasses.fields(sample.msg)}
+    defaults = _defaults(sample.msg)
     for name in sample.optional:
         assert getattr(sample.msg, name) != defaults[name], name
 
@@ -410,9 +425,7 @@ def test_server_update_assembly_is_standard_msgpack(msg: ServerUpdate) -> None:
 
 def test_server_update_default_tail() -> None:
     assert encode_update_tail(0, False, None, 0) == b"\x00\xc2\xc0\x00"
-    msg = dataclasses.replace(
-        SERVER_UPDATE, hash_ack=0, result_ack=False, desync=None, snapshot_ack=0
-    )
+    msg = _replace(SERVER_UPDATE, hash_ack=0, result_ack=False, desync=None, snapshot_ack=0)
     without_tail = encode_server_update_parts(
         msg.ack,
         msg.ack_bits,
@@ -725,10 +738,10 @@ def test_truncations(sample: Sample) -> None:
     assert len(fields) == sample.required + len(sample.optional)
     for n in range(sample.required):
         assert bad(sample.decoder, pack(fields[:n])) == "bad_body", n
-    defaults = {f.name: f.default for f in dataclasses.fields(sample.msg)}
+    defaults = _defaults(sample.msg)
     for n in range(sample.required, len(fields) + 1):
         missing = sample.optional[n - sample.required :]
-        expected = dataclasses.replace(sample.msg, **{name: defaults[name] for name in missing})
+        expected = _replace(sample.msg, **{name: defaults[name] for name in missing})
         assert sample.decoder(pack(fields[:n])) == expected, n
 
 
@@ -780,7 +793,7 @@ def test_nullable_fields_accept_nil(sample: Sample) -> None:
             mutated[index] = None
             name = sample.optional[index - sample.required]
             decoded = sample.decoder(pack(mutated))
-            assert decoded == dataclasses.replace(sample.msg, **{name: None})
+            assert decoded == _replace(sample.msg, **{name: None})
 
 
 @by_sample
