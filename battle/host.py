@@ -19,11 +19,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgpack
 import structlog
 import trio
 
-from battle import __version__
-from battle.config import RoomConfig, RosterEntry
 from battle.control import (
     ControlMessage,
     CreateRoom,
@@ -37,7 +36,6 @@ from battle.control import (
 from battle.events import (
     CatchUpFinished,
     CatchUpStarted,
-    ChecksumAgreed,
     DesyncDetected,
     Event,
     FrameClosed,
@@ -48,16 +46,7 @@ from battle.events import (
     RoomStarted,
     SnapshotAgreed,
 )
-from battle.inputlog import (
-    ChecksumRecord,
-    DesyncRecord,
-    EndRecord,
-    InputLogWriter,
-    LogHeader,
-    PlayerEvent,
-    PlayerEventKind,
-    ResultRecord,
-)
+from battle.matchlog import MatchLog
 from battle.metrics import LatenessHistogram
 from battle.results import ResultOutbox
 from battle.room import Room
@@ -68,8 +57,6 @@ RECV_BATCH = 256
 """Datagrams handled per wake-up before yielding to the ticker."""
 SOCKET_BUFFER = 4 * 1024 * 1024
 MAX_SEND_BACKLOG = 50_000
-AGREED_SLOT = 255
-"""ChecksumRecord slot meaning 'the hash every reporting client agreed on'."""
 _log = structlog.get_logger("framesync.host")
 
 
@@ -78,8 +65,7 @@ class RoomRecord:
     """What the shell keeps beside a core room: its log file and its logger."""
 
     room: Room
-    writer: InputLogWriter
-    file: object
+    matchlog: MatchLog
     log: structlog.typing.FilteringBoundLogger
     path: Path
     result: ResultDecided | None = None
@@ -236,38 +222,25 @@ class RoomHost:
         except ValueError as exc:
             self._log.warning("room_rejected", room_id=request.room_id, error=str(exc))
             return Rejected(request.request_id, request.room_id, RejectReason.BAD_REQUEST)
-        self.records[request.room_id] = self._open_log(room, config, request.roster)
+        self.records[request.room_id] = self._open_log(room)
         self._wakeup.set()
         host, port = self.public_address
         return RoomCreated(request.request_id, request.room_id, host, port)
 
-    def _open_log(
-        self, room: Room, config: RoomConfig, roster: tuple[RosterEntry, ...]
-    ) -> RoomRecord:
-        from battle.control import room_config_to_plain  # noqa: PLC0415
-
+    def _open_log(self, room: Room) -> RoomRecord:
         path = self.data_dir / "matches" / f"{room.match_id}-{room.room_id}.fslog"
         f = open(path, "ab")  # noqa: SIM115 - lives as long as the room
-        header = LogHeader(
-            match_id=room.match_id,
-            room_id=room.room_id,
-            seed=room.seed,
-            tick_rate=config.tick_rate,
-            roster=roster,
-            config=room_config_to_plain(config),
-            server_version=__version__,
-            start_time=time.time(),
-        )
-        writer = InputLogWriter(f, header, trio.current_time())
+        matchlog = MatchLog(f, room, trio.current_time(), start_time=time.time())
         log = self._log.bind(room_id=room.room_id, match_id=room.match_id)
-        log.info("room_created", players=len(roster), tick_rate=config.tick_rate, log=str(path))
-        return RoomRecord(room, writer, f, log, path)
+        log.info(
+            "room_created", players=len(room.roster), tick_rate=room.config.tick_rate, log=str(path)
+        )
+        return RoomRecord(room, matchlog, log, path)
 
     def _close_all_logs(self) -> None:
         now = trio.current_time()
         for record in self.records.values():
-            record.writer.close(now)
-            record.file.close()  # type: ignore[attr-defined]
+            record.matchlog.close(now)
 
     # -- hot path ------------------------------------------------------------------------
 
@@ -380,7 +353,7 @@ class RoomHost:
             await trio.sleep(0.25)
             now = trio.current_time()
             for record in self.records.values():
-                record.writer.maybe_flush(now)
+                record.matchlog.maybe_flush(now)
 
     # -- events --------------------------------------------------------------------------
 
@@ -397,19 +370,18 @@ class RoomHost:
             self._ended.discard(room_id)
             record = self.records.pop(room_id)
             core.remove_room(room_id)
-            record.writer.close(now)
-            record.file.close()  # type: ignore[attr-defined]
+            record.matchlog.close(now)
             record.log.info("room_closed")
 
     def _on_event(self, record: RoomRecord, event: Event, now: float) -> None:
-        room = record.room
-        writer = record.writer
+        """Input log first (it is the replay file), then the lobby and the log lines."""
+        record.matchlog.on_event(event, now)
         if isinstance(event, FrameClosed):
-            writer.add_frame(event.frame, now)
-        elif isinstance(event, PlayerConnected):
-            kind = PlayerEventKind.RECONNECTED if event.reconnected else PlayerEventKind.CONNECTED
-            writer.add(PlayerEvent(event.frame, event.slot, event.player_id, kind), now)
-            record.log.info(
+            return
+        room = record.room
+        log = record.log
+        if isinstance(event, PlayerConnected):
+            log.info(
                 "player_connected",
                 slot=event.slot,
                 frame=event.frame,
@@ -419,17 +391,7 @@ class RoomHost:
                 room, RoomEventKind.PLAYER_CONNECTED, event.frame, event.slot, event.player_id
             )
         elif isinstance(event, PlayerDisconnected):
-            writer.add(
-                PlayerEvent(
-                    event.frame,
-                    event.slot,
-                    event.player_id,
-                    PlayerEventKind.DISCONNECTED,
-                    event.reason,
-                ),
-                now,
-            )
-            record.log.info("player_disconnected", slot=event.slot, reason=event.reason)
+            log.info("player_disconnected", slot=event.slot, reason=event.reason)
             self._room_event(
                 room,
                 RoomEventKind.PLAYER_DISCONNECTED,
@@ -439,21 +401,10 @@ class RoomHost:
                 event.reason,
             )
         elif isinstance(event, RoomStarted):
-            record.log.info("room_started", players=list(event.players))
+            log.info("room_started", players=list(event.players))
             self._room_event(room, RoomEventKind.STARTED, 0)
-        elif isinstance(event, ChecksumAgreed):
-            writer.add(ChecksumRecord(event.frame, AGREED_SLOT, event.hash), now)
         elif isinstance(event, DesyncDetected):
-            writer.add(
-                DesyncRecord(
-                    event.frame,
-                    event.majority_hash if event.majority_hash is not None else 0,
-                    event.minority,
-                    event.hashes,
-                ),
-                now,
-            )
-            record.log.warning(
+            log.warning(
                 "desync",
                 frame=event.frame,
                 minority=list(event.minority),
@@ -464,39 +415,34 @@ class RoomHost:
             )
         elif isinstance(event, ResultDecided):
             record.result = event
-            import msgpack  # noqa: PLC0415
-
-            result = msgpack.unpackb(event.result, raw=False)
-            writer.add(ResultRecord(event.frame, result, event.dissenters), now)
-            record.log.info(
-                "result", result=result, dissenters=list(event.dissenters), how=event.reason
+            log.info(
+                "result",
+                result=msgpack.unpackb(event.result, raw=False),
+                dissenters=list(event.dissenters),
+                how=event.reason,
             )
         elif isinstance(event, RoomEnded):
-            self._on_room_ended(record, event, now)
+            self._on_room_ended(record, event)
         elif isinstance(event, CatchUpStarted):
-            record.log.info(
+            log.info(
                 "catch_up_started",
                 slot=event.slot,
                 behind=event.last_frame - event.frame_ack,
                 snapshot=event.snapshot_frame,
             )
         elif isinstance(event, CatchUpFinished):
-            record.log.info(
+            log.info(
                 "catch_up_finished",
                 slot=event.slot,
                 frames=event.frames,
                 seconds=round(event.seconds, 3),
             )
         elif isinstance(event, SnapshotAgreed):
-            record.log.info("snapshot_agreed", frame=event.frame, size=event.size, slot=event.slot)
+            log.info("snapshot_agreed", frame=event.frame, size=event.size, slot=event.slot)
 
-    def _on_room_ended(self, record: RoomRecord, event: RoomEnded, now: float) -> None:
-        import msgpack  # noqa: PLC0415
-
+    def _on_room_ended(self, record: RoomRecord, event: RoomEnded) -> None:
         room = record.room
         self._ended.add(room.room_id)
-        record.writer.add(EndRecord(event.frame, event.reason), now)
-        record.writer.flush(now)
         decided = record.result
         result = RoomResult(
             match_id=room.match_id,

@@ -8,15 +8,10 @@ from dataclasses import asdict, dataclass, field
 
 from battle import __version__
 from battle.config import RoomConfig
-from battle.events import Event, FrameClosed, PlayerConnected, PlayerDisconnected, RoomEnded
 from battle.inputlog import (
-    EndRecord,
-    InputLogWriter,
-    LogHeader,
-    PlayerEvent,
-    PlayerEventKind,
     read_log,
 )
+from battle.matchlog import MatchLog
 from sim.impair import LinkProfile
 from sim.localmatch import UNIX_EPOCH_OFFSET, LocalMatch
 
@@ -77,6 +72,16 @@ class DemoSummary:
         return "\n".join(lines)
 
 
+class _KeptBytesIO(io.BytesIO):
+    """An in-memory log file whose contents survive close()."""
+
+    kept = b""
+
+    def close(self) -> None:
+        self.kept = self.getvalue()
+        super().close()
+
+
 def _percentiles(values: list[float]) -> dict[str, float]:
     if not values:
         return {"p50": 0.0, "p99": 0.0, "max": 0.0}
@@ -94,48 +99,13 @@ def run_demo(
     config = RoomConfig(tick_rate=tick_rate, max_duration=seconds)
     profile = LinkProfile.from_rtt(rtt, jitter=rtt / 7, loss=loss)
     match = LocalMatch(seed=seed, players=players, config=config, profile=profile)
-    room = match.room
-    log_file = io.BytesIO()
-    writer = InputLogWriter(
-        log_file,
-        LogHeader(
-            match_id=room.match_id,
-            room_id=room.room_id,
-            seed=room.seed,
-            tick_rate=tick_rate,
-            roster=room.roster,
-            config={"tick_rate": tick_rate, "max_duration": seconds},
-            server_version=__version__,
-            start_time=UNIX_EPOCH_OFFSET,
-        ),
-        0.0,
-    )
-
-    def log_event(event: Event, now: float) -> None:
-        if isinstance(event, FrameClosed):
-            writer.add_frame(event.frame, now)
-        elif isinstance(event, PlayerConnected):
-            kind = PlayerEventKind.RECONNECTED if event.reconnected else PlayerEventKind.CONNECTED
-            writer.add(PlayerEvent(event.frame, event.slot, event.player_id, kind), now)
-        elif isinstance(event, PlayerDisconnected):
-            writer.add(
-                PlayerEvent(
-                    event.frame,
-                    event.slot,
-                    event.player_id,
-                    PlayerEventKind.DISCONNECTED,
-                    event.reason,
-                ),
-                now,
-            )
-        elif isinstance(event, RoomEnded):
-            writer.add(EndRecord(event.frame, event.reason), now)
-
-    match.event_hooks.append(log_event)
+    log_file = _KeptBytesIO()
+    matchlog = MatchLog(log_file, match.room, 0.0, start_time=UNIX_EPOCH_OFFSET)
+    match.event_hooks.append(matchlog.on_event)
     match.stop_inputs(seconds - 2.0)
     match.run_until(seconds + config.end_linger + 1.0)
-    writer.close(match.now)
-    log_frames = read_log(log_file.getvalue()).frames()
+    matchlog.close(match.now)
+    log_frames = read_log(log_file.kept).frames()
 
     landed = sum(len(f.inputs) for f in match.server_frames)
     frame_lat = match.frame_latencies()
@@ -157,7 +127,7 @@ def run_demo(
         over_300ms_pct=100 * sum(x > 0.3 for x in frame_lat) / max(1, len(frame_lat)),
         down_bytes_per_player_s=stats["bytes_out"] / players / duration,
         up_bytes_per_player_s=stats["bytes_in"] / players / duration,
-        log_bytes=len(log_file.getvalue()),
+        log_bytes=len(log_file.kept),
         log_frames=len(log_frames),
         drops=dict(match.host.drops),
     )
