@@ -15,7 +15,7 @@ import math
 import os
 import socket
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +53,8 @@ from battle.room import Room
 from battle.server import HostCore
 from battle.session import Address
 
+RESULT_ACK_WAIT = 5.0
+"""Seconds a draining host waits for the lobby to acknowledge its last results."""
 RECV_BATCH = 256
 """Datagrams handled per wake-up before yielding to the ticker."""
 SOCKET_BUFFER = 4 * 1024 * 1024
@@ -112,6 +114,15 @@ class RoomHost:
         self.lateness_samples: deque[tuple[float, float]] = deque(maxlen=500_000)
         """(monotonic time, seconds) per ticker wake-up, for benchmarks."""
         self.draining = False
+        self.exit_code = 0
+        self.lobby_connected = False
+        """Set by the control client; drain waits for result acks only while it is."""
+        self.metrics_snapshot: tuple[Counter[str], Counter[str], dict[str, float]] = (
+            Counter(),
+            Counter(),
+            {},
+        )
+        """Copied in the trio thread for the metrics thread, which must not iterate live state."""
         self.coalesce = settings.coalesce
         self.address: Address = settings.bind
         self._cookie_secret = cookie_secret or os.urandom(32)
@@ -182,6 +193,18 @@ class RoomHost:
         with trio.move_on_after(linger + 0.5):
             while self.records:
                 await trio.sleep(0.05)
+        # Results are safe on disk either way, but a host being retired should hand them
+        # over: while the lobby is connected, wait a little for its acknowledgements.
+        with trio.move_on_after(RESULT_ACK_WAIT):
+            while self.outbox.pending and self.lobby_connected:
+                await trio.sleep(0.05)
+        if self.outbox.pending:
+            self._log.warning("results_left_on_disk", matches=sorted(self.outbox.pending))
+        self._done.set()
+
+    def stop_now(self) -> None:
+        """Stop without draining (a second signal): logs are flushed, results stay on disk."""
+        self.exit_code = 1
         self._done.set()
 
     async def wait_stopped(self) -> None:
@@ -198,6 +221,9 @@ class RoomHost:
             if existing.room.match_id == request.match_id:
                 host, port = self.public_address
                 return RoomCreated(request.request_id, request.room_id, host, port)
+            return Rejected(request.request_id, request.room_id, RejectReason.DUPLICATE)
+        if self._log_path(request.match_id, request.room_id).exists():
+            # This match already ran here: a second room would append to its replay file.
             return Rejected(request.request_id, request.room_id, RejectReason.DUPLICATE)
         if self.draining:
             return Rejected(request.request_id, request.room_id, RejectReason.DRAINING)
@@ -227,9 +253,12 @@ class RoomHost:
         host, port = self.public_address
         return RoomCreated(request.request_id, request.room_id, host, port)
 
+    def _log_path(self, match_id: int, room_id: int) -> Path:
+        return self.data_dir / "matches" / f"{match_id}-{room_id}.fslog"
+
     def _open_log(self, room: Room) -> RoomRecord:
-        path = self.data_dir / "matches" / f"{room.match_id}-{room.room_id}.fslog"
-        f = open(path, "ab")  # noqa: SIM115 - lives as long as the room
+        path = self._log_path(room.match_id, room.room_id)
+        f = open(path, "xb")  # noqa: SIM115 - lives as long as the room; never appends
         matchlog = MatchLog(f, room, trio.current_time(), start_time=time.time())
         log = self._log.bind(room_id=room.room_id, match_id=room.match_id)
         log.info(
@@ -348,12 +377,28 @@ class RoomHost:
                 self.lateness_samples.append((time.monotonic(), late))
 
     async def _flush_loop(self) -> None:
-        """Input logs reach the OS at least once a second even when a room is idle."""
+        """Input logs reach the OS at least once a second even when a room is idle; the
+        metrics snapshot is refreshed on the same beat."""
         while True:
             await trio.sleep(0.25)
             now = trio.current_time()
             for record in self.records.values():
                 record.matchlog.maybe_flush(now)
+            self._snapshot_metrics()
+
+    def _snapshot_metrics(self) -> None:
+        core = self.core
+        assert core is not None
+        rooms, players = self.load()
+        gauges = {
+            "rooms": float(rooms),
+            "players_connected": float(players),
+            "catch_ups_in_progress": float(
+                core.stats["catch_ups_started"] - core.stats["catch_ups_finished"]
+            ),
+            "results_pending": float(len(self.outbox.pending)),
+        }
+        self.metrics_snapshot = (Counter(core.stats), Counter(core.drops), gauges)
 
     # -- events --------------------------------------------------------------------------
 

@@ -74,6 +74,7 @@ class ControlClient:
                     self._log.warning("lobby_connection_lost", error=str(group.exceptions[0]))
                 finally:
                     self.connected = False
+                    self.host.lobby_connected = False
             delay = min(BACKOFF_MAX, BACKOFF_MIN * 2**attempt) * self._rng.uniform(0.5, 1.0)
             attempt += 1
             await trio.sleep(delay)
@@ -114,6 +115,7 @@ class ControlClient:
                     if isinstance(message, Registered):
                         registered = message
         self.connected = True
+        self.host.lobby_connected = True
         self.registrations += 1
         self._log.info("registered", lobby_id=registered.lobby_id, lease=registered.lease)
         async with trio.open_nursery() as nursery:

@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import signal
-from collections import Counter
 from pathlib import Path
 
 import structlog
@@ -25,12 +24,13 @@ async def _watch_signals(host: RoomHost) -> None:
         async for signum in signals:
             if host.draining:
                 log.warning("stopping_now", signal=signal.Signals(signum).name)
-                raise SystemExit(1)
+                host.stop_now()
+                return
             log.info("drain_requested", signal=signal.Signals(signum).name)
             trio.lowlevel.spawn_system_task(host.drain, "signal")
 
 
-async def _main(args: argparse.Namespace) -> None:
+async def _main(args: argparse.Namespace) -> int:
     bind: tuple[str, int] = args.bind
     settings = HostSettings(
         host_id=args.host_id or f"host-{bind[1]}-{os.getpid()}",
@@ -47,25 +47,12 @@ async def _main(args: argparse.Namespace) -> None:
         if args.lobby:
             nursery.start_soon(ControlClient(host, args.lobby).run)
         if args.metrics_port:
-
-            def snapshot() -> tuple[Counter[str], Counter[str], dict[str, float]]:
-                core = host.core
-                assert core is not None
-                rooms, players = host.load()
-                catching_up = core.stats["catch_ups_started"] - core.stats["catch_ups_finished"]
-                gauges = {
-                    "rooms": float(rooms),
-                    "players_connected": float(players),
-                    "catch_ups_in_progress": float(catching_up),
-                    "results_pending": float(len(host.outbox.pending)),
-                }
-                return Counter(core.stats), Counter(core.drops), gauges
-
-            start_metrics_server(args.metrics_port, snapshot, host.lateness)
+            start_metrics_server(args.metrics_port, lambda: host.metrics_snapshot, host.lateness)
         await host.wait_stopped()
         nursery.cancel_scope.cancel()
     if args.stats_file:
         _write_stats(host, Path(args.stats_file))
+    return host.exit_code
 
 
 def _write_stats(host: RoomHost, path: Path) -> None:
@@ -87,12 +74,15 @@ def run_room_host(args: argparse.Namespace) -> int:
     configure_logging(json=args.log_json, level=args.log_level)
     profile_path = os.environ.get("FRAMESYNC_PROFILE")
     try:
-        if profile_path:  # developer aid: cProfile the whole process into this file
-            import cProfile  # noqa: PLC0415
+        if not profile_path:
+            return trio.run(_main, args)
+        # Developer aid: cProfile the whole process into this file.
+        import cProfile  # noqa: PLC0415
 
-            cProfile.runctx("trio.run(_main, args)", globals(), locals(), profile_path)
-        else:
-            trio.run(_main, args)
+        profiler = cProfile.Profile()
+        try:
+            return profiler.runcall(trio.run, _main, args)
+        finally:
+            profiler.dump_stats(profile_path)
     except KeyboardInterrupt:  # pragma: no cover - signal receiver normally handles it
         return 130
-    return 0

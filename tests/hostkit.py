@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgpack
 import trio
 
 from battle.config import RoomConfig, RosterEntry
@@ -20,6 +21,7 @@ from battle.control import (
     ControlDecoder,
     ControlMessage,
     CreateRoom,
+    Heartbeat,
     Ping,
     Pong,
     Register,
@@ -51,7 +53,17 @@ class ControlServer:
     connected: trio.Event = field(default_factory=trio.Event)
     changed: trio.Event = field(default_factory=trio.Event)
     ack_results: bool = True
+    ack_delay: float = 0.0
+    """Seconds a ResultAck takes (a lobby that is slow to store results)."""
+    heartbeat: Heartbeat | None = None
+    """The last Heartbeat received."""
+    result_messages: list[RoomResult] = field(default_factory=list)
+    """Every RoomResult received, re-sends included (`results` keeps one per match)."""
+    piggyback: bytes = b""
+    """Raw bytes sent in the same write as Registered (to test coalesced reads)."""
     _next_request: int = 1
+    _send_lock: trio.Lock = field(default_factory=trio.Lock)
+    """The test's requests and the serve task's replies share one stream."""
 
     @property
     def port(self) -> int:
@@ -77,10 +89,20 @@ class ControlServer:
             self.stream = None
             self.connected = trio.Event()
 
+    async def _send(self, stream: trio.SocketStream, data: bytes) -> None:
+        async with self._send_lock:
+            await stream.send_all(data)
+
     async def _on_message(self, stream: trio.SocketStream, message: ControlMessage) -> None:
+        if isinstance(message, Heartbeat):
+            self.heartbeat = message
+        elif isinstance(message, RoomResult):
+            self.result_messages.append(message)
         if isinstance(message, Register):
             self.register = message
-            await stream.send_all(encode_message(Registered("test-lobby", 0.5, 3.0)))
+            await self._send(
+                stream, encode_message(Registered("test-lobby", 0.5, 3.0)) + self.piggyback
+            )
             self.connected.set()
         elif isinstance(message, RoomEvent):
             self.events.append(message)
@@ -88,11 +110,13 @@ class ControlServer:
             if all(r.match_id != message.match_id for r in self.results):
                 self.results.append(message)
             if self.ack_results:
-                await stream.send_all(encode_message(ResultAck(message.match_id)))
+                if self.ack_delay:
+                    await trio.sleep(self.ack_delay)
+                await self._send(stream, encode_message(ResultAck(message.match_id)))
         elif isinstance(message, RoomCreated):
             self.replies[message.request_id] = message
         elif isinstance(message, Ping):
-            await stream.send_all(encode_message(Pong(message.nonce)))
+            await self._send(stream, encode_message(Pong(message.nonce)))
         else:
             self.replies[getattr(message, "request_id", -1)] = message
         self.changed.set()
@@ -105,7 +129,8 @@ class ControlServer:
         request_id = self._next_request
         self._next_request += 1
         roster = tuple(RosterEntry(s, 1000 * room_id + s, s % 2) for s in range(players))
-        await self.stream.send_all(
+        await self._send(
+            self.stream,
             encode_message(
                 CreateRoom(
                     request_id=request_id,
@@ -116,12 +141,38 @@ class ControlServer:
                     config=room_config_to_plain(config),
                     ticket_key=key,
                 )
-            )
+            ),
         )
         with trio.fail_after(5):
             while request_id not in self.replies:
                 await self.changed.wait()
         return self.replies[request_id]
+
+    def next_request_id(self) -> int:
+        request_id = self._next_request
+        self._next_request += 1
+        return request_id
+
+    async def request_raw(self, body: dict[str, object], timeout: float = 5.0) -> ControlMessage:
+        """Send `body` (a message map, bypassing the encoder's checks) with a fresh "req" and
+        wait for the reply to it."""
+        assert self.stream is not None
+        request_id = self.next_request_id()
+        packed = raw_frame({**body, "req": request_id})
+        await self._send(self.stream, packed)
+        with trio.fail_after(timeout):
+            while request_id not in self.replies:
+                await self.changed.wait()
+        return self.replies[request_id]
+
+    async def wait_ready(self, timeout: float = 20.0) -> tuple[str, int]:
+        """Registered, and the host's first heartbeat seen: its session is past registration.
+        Returns the host's UDP address."""
+        await self.wait_for(
+            lambda: self.register is not None and self.heartbeat is not None, timeout=timeout
+        )
+        assert self.register is not None
+        return "127.0.0.1", self.register.udp_port
 
     async def wait_for(self, predicate: object, timeout: float = 30.0) -> None:
         assert callable(predicate)
@@ -130,15 +181,24 @@ class ControlServer:
                 await self.changed.wait()
 
 
+def raw_frame(body: dict[str, object]) -> bytes:
+    """One control frame holding `body` as is (no validation)."""
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return len(packed).to_bytes(4, "big") + packed
+
+
 @asynccontextmanager
-async def control_server() -> AsyncIterator[ControlServer]:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    server = ControlServer(listeners[0])
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.serve)
-        yield server
-        nursery.cancel_scope.cancel()
-    await server.listener.aclose()
+async def control_server(port: int = 0, **options: object) -> AsyncIterator[ControlServer]:
+    """A control server on `port` (0: any free port); `options` set ControlServer fields."""
+    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+    server = ControlServer(listeners[0], **options)  # type: ignore[arg-type]
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.serve)
+            yield server
+            nursery.cancel_scope.cancel()
+    finally:
+        await server.listener.aclose()
 
 
 def start_host(lobby_port: int, data_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
