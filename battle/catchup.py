@@ -107,8 +107,8 @@ class ChunkCache:
             count, payload = built
             self.chunks.append((self._next, count, payload))
             self._firsts.append(self._next)
+            self._pending_raw -= sum(map(len, encoded[self._next - 1 : self._next - 1 + count]))
             self._next += count
-        self._pending_raw = sum(map(len, encoded[self._next - 1 :]))
 
     def chunk_at(self, frame: int, encoded: list[bytes]) -> tuple[int, int, bytes]:
         """The cached run holding `frame`, or a fresh tail run from `frame` (not cached)."""
