@@ -167,6 +167,7 @@ class CatchupStream:
         "_pass_done_at",
         "ack_interval",
         "bucket",
+        "budget",
         "cursor",
         "snapshot",
         "snapshot_offset",
@@ -179,8 +180,12 @@ class CatchupStream:
         snapshot: AgreedSnapshot | None,
         *,
         ack_interval: float = 0.0,
+        budget: float = float("inf"),
     ) -> None:
         self.ack_interval = ack_interval
+        self.budget = budget
+        """Bytes this episode may still send: a peer that never advances its ack (whether
+        broken or abusive) cannot pull the whole history from the host again and again."""
         """Longest a client may take to acknowledge (it acks at least once per tick)."""
         self.bucket = TokenBucket(rate, now)
         self.cursor = 0
@@ -203,7 +208,7 @@ class CatchupStream:
         assert snap is not None
         out: list[SnapshotChunk] = []
         size = len(snap.data)
-        if now - heard_at > _SILENT:
+        if now - heard_at > _SILENT or self.budget <= 0:
             return out
         if self.snapshot_offset >= size:
             if self._pass_done_at is None:
@@ -220,6 +225,7 @@ class CatchupStream:
             piece = snap.data[offset : offset + SNAPSHOT_CHUNK_SIZE]
             out.append(SnapshotChunk(snap.frame, snap.hash, size, offset, piece))
             bucket.tokens -= len(piece) + 40 + SEALED_OVERHEAD
+            self.budget -= len(piece) + 40 + SEALED_OVERHEAD
             self.snapshot_offset = offset + len(piece)
         return out
 
@@ -235,7 +241,7 @@ class CatchupStream:
     ) -> list[bytes]:
         """CATCHUP bodies to send now, within this peer's byte budget."""
         out: list[bytes] = []
-        if now - heard_at > _SILENT:
+        if now - heard_at > _SILENT or self.budget <= 0:
             return out
         inflight = self._inflight
         while inflight and inflight[0][0] <= frame_ack:
@@ -253,6 +259,7 @@ class CatchupStream:
             body = encode_catchup_parts(first, count, last_frame, payload)
             out.append(body)
             bucket.tokens -= len(body) + SEALED_OVERHEAD
+            self.budget -= len(body) + SEALED_OVERHEAD
             self.cursor = first + count
             inflight.append((self.cursor - 1, now))
         return out

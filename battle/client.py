@@ -104,6 +104,8 @@ ClientEvent = Accepted | FrameReceived | SnapshotReceived | DesyncAnnounced | Di
 
 _LEFT_BODY = encode_disconnect(Disconnect(DisconnectReason.LEFT))
 _MAX_BUFFERED_RUNS = 256
+_LATENCY_SAMPLES = 10_000
+"""Input latency samples kept (the newest); enough for percentiles, bounded for long runs."""
 _CATCHUP_ACK_DELAY = 0.01
 _MAX_PENDING_HASHES = 1024
 _UPLOAD_CHUNKS_PER_SEND = 8
@@ -137,7 +139,7 @@ class ClientConnection:
         self.last_server_frame = 0
         self.room_state = RoomState.WAITING
         self.drops: Counter[str] = Counter()
-        self.input_latencies: list[float] = []
+        self.input_latencies: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
         """Seconds from first sending an input to receiving the frame holding it."""
         self._ticket = ticket
         self._keys = keys
@@ -162,6 +164,9 @@ class ClientConnection:
         self._next_seq = next_input_seq
         self._unacked: deque[tuple[int, bytes]] = deque()
         self._input_sent_at: dict[int, float] = {}
+        """First send time of own inputs not yet seen in a frame (for input latency)."""
+        self._resumed = False
+        """Continues an earlier connection's input numbering (see reconnect())."""
         self._outbox: list[tuple[bytes, Address]] = []
         self._events: deque[ClientEvent] = deque()
         self.prefer_snapshot = prefer_snapshot
@@ -254,6 +259,7 @@ class ClientConnection:
         )
         successor._hashes.extend(self._hashes)
         successor._result = self._result
+        successor._resumed = True
         successor._unacked.extend(self._unacked)
         successor._input_sent_at.update(self._input_sent_at)
         successor.input_latencies = self.input_latencies
@@ -352,6 +358,17 @@ class ClientConnection:
         self.last_server_frame = accept.frame
         self._timeout = accept.timeout_ms / 1000
         self._send_interval = min(1.0 / accept.tick_rate, accept.heartbeat_ms / 1000)
+        if not self._resumed and self._unacked and self._unacked[0][0] <= accept.input_ack:
+            # A fresh instance (say, a restarted program) numbered its inputs from 1, but the
+            # room already holds this slot's inputs up to input_ack: renumber after them.
+            base = accept.input_ack + 1
+            renumbered = [(base + i, data) for i, (_, data) in enumerate(self._unacked)]
+            self._input_sent_at = {
+                base + i: self._input_sent_at.get(seq, now)
+                for i, (seq, _) in enumerate(self._unacked)
+            }
+            self._unacked = deque(renumbered)
+            self._next_seq = base + len(renumbered)
         if self._next_seq <= accept.input_ack:
             self._next_seq = accept.input_ack + 1
         self._ack_inputs(accept.input_ack)
@@ -388,15 +405,19 @@ class ClientConnection:
         """Hand frames to the game strictly in order: no gap, no duplicate."""
         assert self.accept is not None
         slot = self.accept.slot
+        sent_at_by_seq = self._input_sent_at
         for frame in frames:
             if frame.number != self.frame_ack + 1:
                 continue
             self.frame_ack = frame.number
             for item in frame.inputs:
                 if item.slot == slot:
-                    sent_at = self._input_sent_at.pop(item.seq, None)
+                    sent_at = sent_at_by_seq.pop(item.seq, None)
                     if sent_at is not None:
                         self.input_latencies.append(now - sent_at)
+                    # Inputs land in order: older ones not seen by now were dropped by the room.
+                    while sent_at_by_seq and next(iter(sent_at_by_seq)) < item.seq:
+                        del sent_at_by_seq[next(iter(sent_at_by_seq))]
             self._events.append(FrameReceived(frame, now))
 
     def _on_catchup(self, run: Catchup, now: float) -> None:
@@ -495,19 +516,29 @@ class ClientConnection:
             and accept is not None
             and accept.snapshot_frame > self.frame_ack + accept.redundancy_frames
         )
-        body = encode_client_update(
-            ClientUpdate(
-                ack=received.ack,
-                ack_bits=received.bits,
-                ack_delay_us=received.ack_delay_us(now),
-                frame_ack=self.frame_ack,
-                input_first=first,
-                inputs=tuple(inputs),
-                hashes=tuple(itertools.islice(self._hashes, MAX_HASH_REPORTS)),
-                result=None if self.result_acked else self._result,
-                want_snapshot=want_snapshot,
+        hashes = list(itertools.islice(self._hashes, MAX_HASH_REPORTS))
+        while True:
+            body = encode_client_update(
+                ClientUpdate(
+                    ack=received.ack,
+                    ack_bits=received.bits,
+                    ack_delay_us=received.ack_delay_us(now),
+                    frame_ack=self.frame_ack,
+                    input_first=first,
+                    inputs=tuple(inputs),
+                    hashes=tuple(hashes),
+                    result=None if self.result_acked else self._result,
+                    want_snapshot=want_snapshot,
+                )
             )
-        )
+            if len(body) <= MAX_SEALED_BODY:
+                break
+            # Hash reports and a result share the datagram with inputs: whatever does not
+            # fit waits for the next packet (newest inputs first, then hash reports).
+            if inputs:
+                inputs.pop()
+            else:
+                hashes.pop()
         self._emit_sealed(PacketType.CLIENT_UPDATE, body, now)
         self._send_upload(now)
 

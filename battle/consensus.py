@@ -101,9 +101,11 @@ class HashBook:
 
     Desync state: a slot enters the minority → ``first_desync(slot)`` is that frame and one
     ``DesyncFound`` is appended. It stays diverged (no more records) until it matches the
-    majority hash of a later verified frame, e.g. after resyncing from a snapshot; then it is
-    back in sync and a new divergence is recorded again. ``desyncs`` grows only on such
-    transitions; the caller may clear it after reading.
+    majority hash of ``rearm_frames`` verified frames in a row, e.g. after resyncing from a
+    snapshot; then it is back in sync and a new divergence is recorded again. So a client that
+    lies on every other frame yields one record, not one per frame; ``records_left`` caps the
+    records per book all the same (``suppressed`` counts the rest). The caller clears
+    ``desyncs`` after reading it.
     """
 
     def __init__(
@@ -113,6 +115,8 @@ class HashBook:
         window_frames: int = 450,
         report_timeout: float = 2.0,
         start_frame: int = 0,
+        rearm_frames: int = 30,
+        max_records: int = 64,
     ) -> None:
         """``start_frame``: frames up to it count as decided (for a book created mid-match)."""
         if slots < 1 or window_frames < 1 or report_timeout < 0:
@@ -132,6 +136,11 @@ class HashBook:
         self._order: list[int] = []  # heap of the pending frame numbers
         self._agreed: dict[int, int] = {}  # frame -> majority hash, in frame order
         self._diverged: dict[int, int] = {}  # slot -> first frame of its current divergence
+        self._agreeing: dict[int, int] = {}  # diverged slot -> verified agreements in a row
+        self.rearm_frames = rearm_frames
+        self.records_left = max_records
+        self.suppressed = 0
+        """Divergences not recorded because ``records_left`` ran out."""
 
     def _check_slot(self, slot: int) -> None:
         if not 0 <= slot < self.slots:
@@ -196,11 +205,23 @@ class HashBook:
         new: list[int] = []
         for slot, _ in verdict.hashes:
             if slot not in minority:
-                self._diverged.pop(slot, None)  # matched a real majority: back in sync
+                if slot in self._diverged:
+                    streak = self._agreeing.get(slot, 0) + 1
+                    if streak >= self.rearm_frames:  # matched long enough: back in sync
+                        del self._diverged[slot]
+                        self._agreeing.pop(slot, None)
+                    else:
+                        self._agreeing[slot] = streak
             elif slot not in self._diverged:
                 self._diverged[slot] = verdict.frame
                 new.append(slot)
+            else:
+                self._agreeing.pop(slot, None)
         if new:
+            if self.records_left <= 0:
+                self.suppressed += 1
+                return
+            self.records_left -= 1
             self.desyncs.append(
                 DesyncFound(verdict.frame, verdict.majority_hash, tuple(new), verdict.hashes)
             )
@@ -274,14 +295,20 @@ class Outcome:
 class ResultBallot:
     """Collects each client's reported match result and decides one, once.
 
-    Decided as soon as: every expected slot voted alike ("unanimous"); one result holds more
-    than half of the electorate, i.e. expected slots plus slots that voted ("majority"); every
-    expected slot voted ("split"); or ``timeout`` passed since the first vote ("timeout").
+    Nothing is decided until more than half of the roster has voted (``quorum``): a lone
+    player, or a few left in a deserted room, cannot decide a match for everyone. From then
+    on it is decided as soon as: every expected slot voted alike ("unanimous"); one result
+    holds more than half of the electorate, i.e. expected slots plus slots that voted
+    ("majority"); every expected slot voted ("split"); or ``timeout`` passed since the first
+    vote ("timeout").
     """
 
-    def __init__(self, slots: frozenset[int], *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, slots: frozenset[int], *, timeout: float = 10.0, quorum: int | None = None
+    ) -> None:
         if not slots or timeout < 0:
             raise ValueError("need at least one slot and timeout >= 0")
+        self.quorum = len(slots) // 2 + 1 if quorum is None else quorum
         self.slots = frozenset(slots)
         self.expected = self.slots
         self.timeout = timeout
@@ -317,6 +344,8 @@ class ResultBallot:
         """The decided outcome, or None while undecided (always None before the first vote)."""
         if self._outcome is not None or self._first_vote_at is None:
             return self._outcome
+        if len(self._votes) < self.quorum:
+            return None
         groups: dict[bytes, list[int]] = {}
         for slot in sorted(self._votes):
             groups.setdefault(self._votes[slot], []).append(slot)

@@ -47,6 +47,7 @@ from battle.events import (
     SnapshotAgreed,
 )
 from battle.matchlog import MatchLog
+from battle.messages import RoomState
 from battle.metrics import LatenessHistogram
 from battle.results import ResultOutbox
 from battle.room import Room
@@ -248,7 +249,12 @@ class RoomHost:
         except ValueError as exc:
             self._log.warning("room_rejected", room_id=request.room_id, error=str(exc))
             return Rejected(request.request_id, request.room_id, RejectReason.BAD_REQUEST)
-        self.records[request.room_id] = self._open_log(room)
+        try:
+            self.records[request.room_id] = self._open_log(room)
+        except OSError as exc:  # disk full, permissions: this host cannot keep the replay
+            core.remove_room(request.room_id)
+            self._log.error("room_log_unavailable", room_id=request.room_id, error=str(exc))
+            return Rejected(request.request_id, request.room_id, RejectReason.UNAVAILABLE)
         self._wakeup.set()
         host, port = self.public_address
         return RoomCreated(request.request_id, request.room_id, host, port)
@@ -259,7 +265,11 @@ class RoomHost:
     def _open_log(self, room: Room) -> RoomRecord:
         path = self._log_path(room.match_id, room.room_id)
         f = open(path, "xb")  # noqa: SIM115 - lives as long as the room; never appends
-        matchlog = MatchLog(f, room, trio.current_time(), start_time=time.time())
+        try:
+            matchlog = MatchLog(f, room, trio.current_time(), start_time=time.time())
+        except BaseException:
+            f.close()
+            raise
         log = self._log.bind(room_id=room.room_id, match_id=room.match_id)
         log.info(
             "room_created", players=len(room.roster), tick_rate=room.config.tick_rate, log=str(path)
@@ -407,8 +417,17 @@ class RoomHost:
         assert core is not None
         while (event := core.next_event()) is not None:
             record = self.records.get(event.room_id)
-            if record is not None:
+            if record is None:
+                continue
+            try:
                 self._on_event(record, event, now)
+            except Exception:
+                # A bug (or a disk error) handling one room's event must not take down every
+                # room on this host: count it, log it, and end that room only.
+                core.stats["shell_errors"] += 1
+                record.log.exception("room_event_failed", core_event=type(event).__name__)
+                if record.room.state is not RoomState.ENDED:
+                    record.room.end("internal_error", now)
         if not self._ended:
             return
         for room_id in [rid for rid in self._ended if self.records[rid].room.finished]:
@@ -496,7 +515,7 @@ class RoomHost:
             dissenters=decided.dissenters if decided else (),
             frames=event.frame,
             reason=event.reason,
-            desyncs=len(room.hashbook.desyncs),
+            desyncs=room.desyncs_found,
         )
         self.outbox.add(result)
         self.control.put(result)

@@ -14,7 +14,8 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from battle.config import RosterEntry
+from battle.config import MAX_TICK_RATE, MIN_TICK_RATE, RosterEntry
+from battle.consensus import canonical_result
 from battle.errors import BadDatagram
 from battle.frames import Frame, FrameInput
 from battle.ticket import ClientKeys
@@ -211,6 +212,27 @@ def _decode_frame(number: int, flat: object) -> Frame:
     return Frame(number, inputs)
 
 
+def decode_frame(number: int, encoded: bytes) -> Frame:
+    """A frame from its own encoding (as closed by the room; trusted input)."""
+    return _decode_frame(number, msgpack.unpackb(encoded, raw=False))
+
+
+def _result(value: object) -> bytes | None:
+    """A reported result must be the canonical encoding of a string-keyed map of plain values,
+    so that equal results compare equal as bytes and every shell can decode it safely."""
+    if value is None:
+        return None
+    data = _bin(value, MAX_RESULT_SIZE)
+    try:
+        decoded = msgpack.unpackb(data, raw=False, strict_map_key=True, max_ext_len=0)
+        canonical = canonical_result(decoded) if type(decoded) is dict else None
+    except Exception:  # garbage msgpack, ext types, unhashable keys: all the same to us
+        canonical = None
+    if canonical != data or not all(type(k) is str for k in decoded):
+        raise BadDatagram("bad_field", "result is not a canonical map")
+    return data
+
+
 def _array_header(n: int) -> bytes:
     if n < 16:
         return bytes((0x90 | n,))
@@ -366,7 +388,7 @@ def decode_client_update_untrusted(body: bytes) -> ClientUpdate:
         first,
         tuple(inputs_raw),
         _hashes(f[6]) if extra else (),
-        _bin(f[7], MAX_RESULT_SIZE) if extra and len(f) > 7 and f[7] is not None else None,
+        _result(f[7]) if extra and len(f) > 7 else None,
         _bool(f[8]) if extra and len(f) > 8 else False,
     )
 
@@ -416,22 +438,33 @@ def decode_accept_untrusted(body: bytes) -> Accept:
         if type(entry) is not list or len(entry) < 3:
             raise BadDatagram("bad_field", "roster entry")
         roster.append(RosterEntry(_uint(entry[0], 255), _uint(entry[1]), _uint(entry[2], 255)))
+    tick_rate = _uint(f[5], 255)
+    redundancy = _uint(f[13], 0xFFFF)
+    heartbeat_ms = _uint(f[14], 0xFFFFFFFF)
+    timeout_ms = _uint(f[15], 0xFFFFFFFF)
+    if (
+        not MIN_TICK_RATE <= tick_rate <= MAX_TICK_RATE
+        or redundancy < 1
+        or heartbeat_ms < 10
+        or timeout_ms < 100
+    ):
+        raise BadDatagram("bad_field", "accept timings out of range")
     return Accept(
         match_id=_uint(f[0]),
         room_id=_uint(f[1]),
         slot=_uint(f[2], 255),
         team=_uint(f[3], 255),
         seed=_uint(f[4]),
-        tick_rate=_uint(f[5], 255),
+        tick_rate=tick_rate,
         roster=tuple(roster),
         frame=_uint(f[7]),
         state=_room_state(f[8]),
         input_ack=_uint(f[9]),
         reconnect_ticket=_bin(f[10], 1024),
         reconnect_keys=ClientKeys(_key(f[11]), _key(f[12])),
-        redundancy_frames=_uint(f[13], 0xFFFF),
-        heartbeat_ms=_uint(f[14], 0xFFFFFFFF),
-        timeout_ms=_uint(f[15], 0xFFFFFFFF),
+        redundancy_frames=redundancy,
+        heartbeat_ms=heartbeat_ms,
+        timeout_ms=timeout_ms,
         snapshot_frame=_uint(f[16]) if len(f) > 16 else 0,
     )
 

@@ -11,6 +11,9 @@ an argument and output goes to a sink.
 
 from __future__ import annotations
 
+import hashlib
+from array import array
+
 from battle.catchup import PUMP_INTERVAL, AgreedSnapshot, CatchupStream, ChunkCache
 from battle.config import RoomConfig, RosterEntry
 from battle.consensus import HashBook, ResultBallot
@@ -38,6 +41,7 @@ from battle.messages import (
     RoomState,
     decode_client_update_untrusted,
     decode_disconnect_untrusted,
+    decode_frame,
     decode_snapshot_chunk_untrusted,
     encode_accept,
     encode_disconnect,
@@ -48,7 +52,7 @@ from battle.messages import (
 )
 from battle.peer import CoreSink, Peer, PeerStatus
 from battle.session import Address, Session
-from battle.ticket import FLAG_RECONNECT, Ticket, issue_ticket
+from battle.ticket import FLAG_RECONNECT, ClientKeys, Ticket, issue_ticket
 from battle.wire import MAX_SEALED_BODY, DenyReason, PacketType, Sealed
 
 _UPDATE_PREFIX_MAX = 128
@@ -56,6 +60,10 @@ _UPDATE_PREFIX_MAX = 128
 headers and a desync notice naming at most MAX_NOTICE_SLOTS slots."""
 MAX_NOTICE_SLOTS = 32
 MAX_PLAYERS = 32
+CATCHUP_BUDGET_FACTOR = 3
+CATCHUP_BUDGET_SLACK = 1 << 20
+"""A catch-up may send three times what the peer lacked when it began, plus 1 MiB for the
+frames that close meanwhile; then it stops until the peer reconnects."""
 """Keeps ACCEPT (which lists the roster) inside one datagram."""
 FRAME_BUDGET = MAX_SEALED_BODY - _UPDATE_PREFIX_MAX
 _INPUT_COST = 14
@@ -98,10 +106,10 @@ class Room:
         self.started_at: float | None = None
         self.end_reason: str | None = None
         self.peers = [Peer(e, config.max_snapshot_bytes) for e in self.roster]
-        self.frames: list[Frame] = []
         self.encoded_frames: list[bytes] = []
-        self.frame_times: list[float] = []
-        """When each frame closed, on the core's clock (for latency measurement)."""
+        """Every closed frame, encoded once: what updates, catch-up and tools read."""
+        self.frame_times = array("d")
+        """When each frame closed, on the core's clock (8 bytes a frame)."""
         self.ticket_key = ticket_key
         self._clock_offset = clock_offset
         self._sink = sink
@@ -125,13 +133,19 @@ class Room:
         self.agreed_snapshot: AgreedSnapshot | None = None
         self._snapshot_candidates: dict[int, AgreedSnapshot] = {}
         self.desync_notice: DesyncNotice | None = None
+        self.desyncs_found = 0
         self.result: ResultDecided | None = None
 
     # -- queries -------------------------------------------------------------------------
 
     @property
     def last_frame(self) -> int:
-        return len(self.frames)
+        return len(self.encoded_frames)
+
+    @property
+    def frames(self) -> list[Frame]:
+        """Every closed frame, decoded (for tools and tests; the room keeps only encodings)."""
+        return [decode_frame(n, e) for n, e in enumerate(self.encoded_frames, start=1)]
 
     def connected_slots(self) -> tuple[int, ...]:
         return tuple(p.entry.slot for p in self.peers if p.status is PeerStatus.CONNECTED)
@@ -203,6 +217,7 @@ class Room:
         cfg = self.config
         lifetime = cfg.start_timeout + cfg.max_duration
         expires = self.created_at + lifetime + self._clock_offset
+        entropy = self._sink.entropy
         ticket, keys = issue_ticket(
             self.ticket_key,
             self.match_id,
@@ -212,6 +227,8 @@ class Room:
             expires,
             team=peer.entry.team,
             flags=FLAG_RECONNECT,
+            nonce=entropy(12),
+            keys=ClientKeys(entropy(32), entropy(32)),
         )
         body = encode_accept(
             Accept(
@@ -322,7 +339,7 @@ class Room:
             peer.frame_ack = min(msg.frame_ack, self.last_frame)
         peer.want_snapshot = msg.want_snapshot
         if peer.catchup is None and (
-            msg.want_snapshot or len(self.frames) - peer.frame_ack > 2 * self._limit
+            msg.want_snapshot or len(self.encoded_frames) - peer.frame_ack > 2 * self._limit
         ):
             self._update_catchup(peer, now)  # start now, not at the next tick
         if msg.hashes or msg.result is not None:
@@ -434,7 +451,6 @@ class Room:
             peer.queued = queued[taken:]
         inputs = [item for slot in sorted(taken_by_slot) for item in taken_by_slot[slot]]
         frame = Frame(number, tuple(inputs))
-        self.frames.append(frame)
         self.encoded_frames.append(encode_frame(frame))
         self.frame_times.append(now)
         self._sink.stats["frames_closed"] += 1
@@ -446,7 +462,7 @@ class Room:
                 self._send_update(peer, peer.session, now)
 
     def _send_update(self, peer: Peer, session: Session, now: float) -> None:
-        last = len(self.frames)
+        last = len(self.encoded_frames)
         first = peer.frame_ack + 1
         limit = self._limit
         if peer.catchup is not None or last - peer.frame_ack > limit or peer.want_snapshot:
@@ -505,8 +521,14 @@ class Room:
             session = peer.session
             if session is None or now - session.last_recv > _ALIVE:
                 return None  # silent: streaming would only fill a dead link
+            behind_bytes = sum(map(len, self.encoded_frames[peer.frame_ack :]))
+            budget = CATCHUP_BUDGET_FACTOR * (behind_bytes + (len(snap.data) if snap else 0))
             peer.catchup = CatchupStream(
-                self.config.catchup_rate, now, snap, ack_interval=self._interval
+                self.config.catchup_rate,
+                now,
+                snap,
+                ack_interval=self._interval,
+                budget=budget + CATCHUP_BUDGET_SLACK,
             )
             peer.catchup_started = (now, peer.frame_ack)
             self._sink.stats["catch_ups_started"] += 1
@@ -589,36 +611,57 @@ class Room:
             self._consider_snapshots()
 
     def _consider_snapshots(self) -> None:
-        """Adopt the newest uploaded snapshot whose hash the majority agreed on."""
+        """Adopt the newest snapshot that two players uploaded byte for byte and whose hash
+        the majority reported for its frame.
+
+        The hash alone is not enough: a cheater runs the same simulation, knows the majority
+        hash and could attach it to doctored bytes. Two identical uploads from different
+        players are (a room of one trusts its only player). Clients should still check the
+        state hash after loading a snapshot, since the bytes are opaque to the room.
+        """
+        current = self.agreed_snapshot
+        needed = min(2, len(self.roster))
+        by_content: dict[tuple[int, int, bytes], list[int]] = {}
         for slot, candidate in list(self._snapshot_candidates.items()):
-            agreed = self.hashbook.agreed_hash(candidate.frame)
-            current = self.agreed_snapshot
             if current is not None and candidate.frame <= current.frame:
                 del self._snapshot_candidates[slot]
-            elif agreed is not None:
+                continue
+            agreed = self.hashbook.agreed_hash(candidate.frame)
+            if agreed is None:
+                continue  # not judged yet (or no majority): keep waiting
+            if agreed != candidate.hash:
                 del self._snapshot_candidates[slot]
-                if agreed != candidate.hash:
-                    self._sink.drops["snapshot_disagrees"] += 1
-                    continue
-                self.agreed_snapshot = candidate
-                self._sink.events.append(
-                    SnapshotAgreed(
-                        self.room_id, candidate.frame, candidate.hash, len(candidate.data), slot
-                    )
+                self._sink.drops["snapshot_disagrees"] += 1
+                continue
+            digest = hashlib.blake2b(candidate.data, digest_size=16).digest()
+            by_content.setdefault((candidate.frame, candidate.hash, digest), []).append(slot)
+        for (frame, _, _), slots in sorted(by_content.items(), reverse=True):
+            if len(slots) < needed:
+                continue
+            candidate = self._snapshot_candidates[slots[0]]
+            self.agreed_snapshot = candidate
+            for slot in [s for s, c in self._snapshot_candidates.items() if c.frame <= frame]:
+                del self._snapshot_candidates[slot]
+            self._sink.events.append(
+                SnapshotAgreed(
+                    self.room_id, candidate.frame, candidate.hash, len(candidate.data), slots[0]
                 )
+            )
+            return
 
     def _judge(self, now: float) -> None:
         """Compare state hashes and count result votes; called every tick."""
         connected = frozenset(self.connected_slots())
         book = self.hashbook
         book.set_expected(connected)
-        known = len(book.desyncs)
         for verdict in book.decide(now):
             if verdict.agreed and verdict.majority_hash is not None:
                 self._sink.events.append(
                     ChecksumAgreed(self.room_id, verdict.frame, verdict.majority_hash)
                 )
-        for found in book.desyncs[known:]:
+        found_now, book.desyncs = book.desyncs, []
+        for found in found_now:
+            self.desyncs_found += 1
             self._sink.stats["desyncs"] += 1
             self.desync_notice = DesyncNotice(found.frame, found.minority[:MAX_NOTICE_SLOTS])
             self._sink.events.append(

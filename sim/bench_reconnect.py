@@ -541,8 +541,9 @@ async def _run(
         tick_rate=hz,
         max_input_bytes=max(32, input_bytes),
         max_inputs_per_frame=max(3, math.ceil(inputs_per_second / hz)),
-        max_duration=minutes * 60 + 3600.0,
-        empty_timeout=minutes * 60 + 3600.0,
+        max_duration=min(86_400.0, minutes * 60 + 3600.0),
+        # The room has nobody in it while its history is fast-forwarded: it must not end.
+        empty_timeout=min(3600.0, minutes * 60 + 600.0),
         catchup_rate=catchup_rate,
         end_linger=0.2,
     )
@@ -618,6 +619,8 @@ def run_reconnect_bench(
     against a fresh room; see the module docstring. `catchup_rate` defaults to RoomConfig's."""
     if repeats < 1:
         raise ValueError("repeats must be at least 1")
+    if minutes > 50:
+        raise ValueError("minutes must be at most 50 (a room ends after an hour empty)")
     if minutes <= 0 or players < 1 or inputs_per_second < 0 or input_bytes < 1:
         raise ValueError("need minutes > 0, players >= 1, inputs_per_second >= 0, input_bytes >= 1")
     if input_bytes > 255:

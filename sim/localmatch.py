@@ -34,9 +34,9 @@ HOST: Address = ("127.0.0.1", 7000)
 ROOM_ID = 1
 MATCH_ID = 1001
 UNIX_EPOCH_OFFSET = 1_800_000_000.0
+"""Virtual time 0 is this unix time, so tickets carry realistic expiry values."""
 _MAX_STEPS_AT_ONE_TIME = 10_000
 """A deadline that never moves forward is a bug; fail instead of spinning forever."""
-"""Virtual time 0 is this unix time, so tickets carry realistic expiry values."""
 
 
 @dataclass(slots=True)
@@ -90,7 +90,8 @@ class LocalMatch:
         snapshot_size: int = 20_000,
     ) -> None:
         """`hash_every` N: players report a state hash every N frames; `snapshot_every` M:
-        slot 0 uploads a snapshot (its state plus filler to `snapshot_size`) every M frames."""
+        slots 0 and 1 upload a snapshot (state plus filler to `snapshot_size`) every M frames
+        (the room adopts one only when two players uploaded the same bytes)."""
         self.seed = seed
         self.config = config or RoomConfig()
         self.now = 0.0
@@ -306,7 +307,7 @@ class LocalMatch:
         client = player.client
         if self.hash_every and number % self.hash_every == 0:
             client.report_hash(number, player.state_hash(number))
-        if player.slot == 0 and self.snapshot_every and number % self.snapshot_every == 0:
+        if player.slot in (0, 1) and self.snapshot_every and number % self.snapshot_every == 0:
             filler = random.Random(f"{self.seed}:snapshot:{number}").randbytes(self.snapshot_size)
             data = player.state + filler
             client.upload_snapshot(number, player.state_hash(number), data, self.now)

@@ -124,12 +124,15 @@ def test_majority_result_ends_the_room_and_names_the_dissenter() -> None:
     assert all(p.client.result_acked for p in match.players)
 
 
-def test_result_at_timeout_with_one_voter() -> None:
+def test_one_voter_never_decides_and_a_quorum_at_timeout_does() -> None:
     match = _match(7, 60.0)
     match.at(5.0, lambda: match.players[0].client.report_result({"winner": 2}))
-    match.run_until(14.0)
-    assert not _events(match, ResultDecided)  # 1 of 4 is not a majority; wait for the timeout
-    match.run_until(17.0)
-    (decided,) = _events(match, ResultDecided)
+    match.run_until(20.0)
+    assert not _events(match, ResultDecided)  # 1 of 4 is no quorum, even after the timeout
+    match.at(21.0, lambda: match.players[1].client.report_result({"winner": 2}))
+    match.at(21.0, lambda: match.players[2].client.report_result({"winner": 3}))
+    match.run_until(23.0)
+    (decided,) = _events(match, ResultDecided)  # 3 of 4 voted: the timeout now applies
     assert decided.reason == "timeout"
     assert msgpack.unpackb(decided.result) == {"winner": 2}
+    assert decided.dissenters == (2,)

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from battle.config import RosterEntry
+from battle.consensus import canonical_result
 from battle.errors import BadDatagram
 from battle.frames import Frame, FrameInput
 from battle.messages import (
@@ -308,7 +309,10 @@ client_updates = st.builds(
     input_first=u64,
     inputs=st.lists(st.binary(max_size=MAX_INPUT_SIZE), max_size=MAX_INPUTS_PER_PACKET).map(tuple),
     hashes=st.lists(st.tuples(u64, u64), max_size=MAX_HASH_REPORTS).map(tuple),
-    result=st.none() | st.binary(max_size=MAX_RESULT_SIZE),
+    result=st.none()
+    | st.dictionaries(st.text(max_size=8), st.integers(0, 1000) | st.text(max_size=8), max_size=8)
+    .map(canonical_result)
+    .filter(lambda b: len(b) <= MAX_RESULT_SIZE),
     want_snapshot=st.booleans(),
 )
 
@@ -319,16 +323,16 @@ accepts = st.builds(
     slot=u8,
     team=u8,
     seed=u64,
-    tick_rate=u8,
+    tick_rate=st.integers(10, 60),
     roster=st.lists(st.builds(RosterEntry, u8, u64, u8), max_size=12).map(tuple),
     frame=u64,
     state=st.sampled_from(RoomState),
     input_ack=u64,
     reconnect_ticket=st.binary(max_size=1024),
     reconnect_keys=st.builds(ClientKeys, key32, key32),
-    redundancy_frames=u16,
-    heartbeat_ms=u32,
-    timeout_ms=u32,
+    redundancy_frames=st.integers(1, 0xFFFF),
+    heartbeat_ms=st.integers(10, U32),
+    timeout_ms=st.integers(100, U32),
     snapshot_frame=u64,
 )
 
@@ -350,6 +354,19 @@ def snapshot_chunks(draw: st.DrawFn) -> SnapshotChunk:
     data = draw(st.binary(min_size=1, max_size=min(total, SNAPSHOT_CHUNK_SIZE)))
     offset = draw(st.integers(min_value=0, max_value=total - len(data)))
     return SnapshotChunk(draw(u64), draw(u64), total, offset, data)
+
+
+def test_accept_timings_out_of_range_are_rejected() -> None:
+    for change in (
+        {"tick_rate": 0},
+        {"tick_rate": 9},
+        {"tick_rate": 61},
+        {"redundancy_frames": 0},
+        {"heartbeat_ms": 0},
+        {"timeout_ms": 99},
+    ):
+        body = encode_accept(_replace(ACCEPT, **change))
+        assert bad(decode_accept_untrusted, body) == "bad_field", change
 
 
 @settings(max_examples=150)
@@ -871,10 +888,17 @@ def test_client_update_report_limits() -> None:
     assert bad(decode, _client_fields(hashes=[*reports, [1, 1]])) == "bad_field"
     for report in [[1], [], [1, -1], [-1, 1], [1, None], [1, b"h"], (1, 2.0), None, 5, b"ab"]:
         assert bad(decode, _client_fields(hashes=[report])) == "bad_field", report
-    result = b"r" * MAX_RESULT_SIZE
+    # A result is the canonical encoding of a string-keyed map, at most MAX_RESULT_SIZE bytes.
+    result = canonical_result({"winner": 1, "note": "x" * (MAX_RESULT_SIZE - 20)})
+    assert len(result) <= MAX_RESULT_SIZE
     assert decode(_client_fields(result=result)).result == result
-    assert decode(_client_fields(result=b"")).result == b""
-    assert bad(decode, _client_fields(result=result + b"r")) == "bad_field"
+    assert decode(_client_fields(result=canonical_result({}))).result == b"\x80"
+    too_big = canonical_result({"note": "x" * MAX_RESULT_SIZE})
+    assert bad(decode, _client_fields(result=too_big)) == "bad_field"
+    not_canonical = pack({"b": 1, "a": 2})  # keys out of canonical order
+    garbage = [b"", b"\xc1", b"\x01", pack([1, 2]), pack({1: 2}), pack({"a": 1}) + b"x"]
+    for bad_result in [not_canonical, *garbage, b"\xd4\x01\x00"]:
+        assert bad(decode, _client_fields(result=bad_result)) == "bad_field", bad_result
     assert decode(_client_fields(want_snapshot=False)).want_snapshot is False
 
 
