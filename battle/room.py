@@ -11,38 +11,31 @@ an argument and output goes to a sink.
 
 from __future__ import annotations
 
-import hashlib
 from array import array
 
 from battle.catchup import PUMP_INTERVAL, AgreedSnapshot, CatchupStream, ChunkCache
 from battle.config import RoomConfig, RosterEntry
-from battle.consensus import HashBook, ResultBallot
 from battle.errors import BadDatagram
 from battle.events import (
     CatchUpFinished,
     CatchUpStarted,
-    ChecksumAgreed,
-    DesyncDetected,
     FrameClosed,
     PlayerConnected,
     PlayerDisconnected,
     ResultDecided,
     RoomEnded,
     RoomStarted,
-    SnapshotAgreed,
 )
 from battle.frames import Frame, FrameInput
 from battle.messages import (
     Accept,
     ClientUpdate,
-    DesyncNotice,
     Disconnect,
     DisconnectReason,
     RoomState,
     decode_client_update_untrusted,
     decode_disconnect_untrusted,
     decode_frame,
-    decode_snapshot_chunk_untrusted,
     encode_accept,
     encode_disconnect,
     encode_frame,
@@ -51,6 +44,7 @@ from battle.messages import (
     encode_update_tail,
 )
 from battle.peer import CoreSink, Peer, PeerStatus
+from battle.referee import Referee
 from battle.session import Address, Session
 from battle.ticket import FLAG_RECONNECT, ClientKeys, Ticket, issue_ticket
 from battle.wire import MAX_SEALED_BODY, DenyReason, PacketType, Sealed
@@ -58,7 +52,6 @@ from battle.wire import MAX_SEALED_BODY, DenyReason, PacketType, Sealed
 _UPDATE_PREFIX_MAX = 128
 """Upper bound of a SERVER_UPDATE body without its frames: eleven msgpack scalars, array
 headers and a desync notice naming at most MAX_NOTICE_SLOTS slots."""
-MAX_NOTICE_SLOTS = 32
 MAX_PLAYERS = 32
 CATCHUP_BUDGET_FACTOR = 3
 CATCHUP_BUDGET_SLACK = 1 << 20
@@ -127,14 +120,7 @@ class Room:
         self._chunks = ChunkCache()
         self._pump_at: float | None = None
         """Next catch-up pacing step while any peer is catching up."""
-        slot_set = frozenset(range(len(self.roster)))
-        self.hashbook = HashBook(len(self.roster), report_timeout=config.hash_timeout)
-        self.ballot = ResultBallot(slot_set, timeout=config.result_timeout)
-        self.agreed_snapshot: AgreedSnapshot | None = None
-        self._snapshot_candidates: dict[int, AgreedSnapshot] = {}
-        self.desync_notice: DesyncNotice | None = None
-        self.desyncs_found = 0
-        self.result: ResultDecided | None = None
+        self.referee = Referee(room_id, match_id, len(self.roster), config, sink)
 
     # -- queries -------------------------------------------------------------------------
 
@@ -271,7 +257,7 @@ class Room:
                 if self.state is RoomState.ENDED and peer.frame_ack >= self.last_frame:
                     self._finish_peer(peer, now)
             elif datagram.type is PacketType.SNAPSHOT:
-                self._on_snapshot_chunk(peer, body)
+                self.referee.on_snapshot_chunk(peer, body, self.last_frame)
             elif datagram.type is PacketType.DISCONNECT:
                 decode_disconnect_untrusted(body)
                 if self.state is RoomState.ENDED:
@@ -343,7 +329,7 @@ class Room:
         ):
             self._update_catchup(peer, now)  # start now, not at the next tick
         if msg.hashes or msg.result is not None:
-            self._on_reports(peer, msg, now)
+            self.referee.on_reports(peer, msg, self.last_frame, now)
         if msg.inputs:
             self._on_inputs(peer, msg)
 
@@ -491,7 +477,7 @@ class Room:
 
     def _tail_for(self, peer: Peer) -> bytes:
         """The update's last four fields; they rarely change, so encode on change only."""
-        key = (peer.hash_ack, peer.result_acked, self.desync_notice, peer.snapshot_ack)
+        key = (peer.hash_ack, peer.result_acked, self.referee.desync_notice, peer.snapshot_ack)
         if peer.tail_key != key:
             peer.tail_key = key
             peer.tail = encode_update_tail(*key)
@@ -583,108 +569,29 @@ class Room:
             self._sink.stats["catchup_datagrams"] += len(bodies)
         self._pump_at = now + PUMP_INTERVAL if active else None
 
-    # -- reports: state hashes, results, snapshots ---------------------------------------
-
-    def _on_reports(self, peer: Peer, msg: ClientUpdate, now: float) -> None:
-        slot = peer.entry.slot
-        for frame, value in msg.hashes:
-            if frame > peer.hash_ack and frame <= self.last_frame:
-                self.hashbook.report(slot, frame, value, now)
-                peer.hash_ack = frame
-        if msg.result is not None and not peer.result_acked:
-            self.ballot.vote(slot, msg.result, now)
-            peer.result_acked = True
-
-    def _on_snapshot_chunk(self, peer: Peer, body: bytes) -> None:
-        chunk = decode_snapshot_chunk_untrusted(body)
-        if chunk.frame > self.last_frame:
-            self._sink.drops["snapshot_future"] += 1
-            return
-        try:
-            done = peer.upload.add(chunk)
-        except ValueError as exc:
-            self._sink.drops[str(exc)] += 1
-            return
-        if done is not None:
-            peer.snapshot_ack = done.frame
-            self._snapshot_candidates[peer.entry.slot] = done
-            self._consider_snapshots()
-
-    def _consider_snapshots(self) -> None:
-        """Adopt the newest snapshot that two players uploaded byte for byte and whose hash
-        the majority reported for its frame.
-
-        The hash alone is not enough: a cheater runs the same simulation, knows the majority
-        hash and could attach it to doctored bytes. Two identical uploads from different
-        players are (a room of one trusts its only player). Clients should still check the
-        state hash after loading a snapshot, since the bytes are opaque to the room.
-        """
-        current = self.agreed_snapshot
-        needed = min(2, len(self.roster))
-        by_content: dict[tuple[int, int, bytes], list[int]] = {}
-        for slot, candidate in list(self._snapshot_candidates.items()):
-            if current is not None and candidate.frame <= current.frame:
-                del self._snapshot_candidates[slot]
-                continue
-            agreed = self.hashbook.agreed_hash(candidate.frame)
-            if agreed is None:
-                continue  # not judged yet (or no majority): keep waiting
-            if agreed != candidate.hash:
-                del self._snapshot_candidates[slot]
-                self._sink.drops["snapshot_disagrees"] += 1
-                continue
-            digest = hashlib.blake2b(candidate.data, digest_size=16).digest()
-            by_content.setdefault((candidate.frame, candidate.hash, digest), []).append(slot)
-        for (frame, _, _), slots in sorted(by_content.items(), reverse=True):
-            if len(slots) < needed:
-                continue
-            candidate = self._snapshot_candidates[slots[0]]
-            self.agreed_snapshot = candidate
-            for slot in [s for s, c in self._snapshot_candidates.items() if c.frame <= frame]:
-                del self._snapshot_candidates[slot]
-            self._sink.events.append(
-                SnapshotAgreed(
-                    self.room_id, candidate.frame, candidate.hash, len(candidate.data), slots[0]
-                )
-            )
-            return
+    # -- reports: state hashes, results, snapshots (referee.py) -------------------------
 
     def _judge(self, now: float) -> None:
         """Compare state hashes and count result votes; called every tick."""
-        connected = frozenset(self.connected_slots())
-        book = self.hashbook
-        book.set_expected(connected)
-        for verdict in book.decide(now):
-            if verdict.agreed and verdict.majority_hash is not None:
-                self._sink.events.append(
-                    ChecksumAgreed(self.room_id, verdict.frame, verdict.majority_hash)
-                )
-        found_now, book.desyncs = book.desyncs, []
-        for found in found_now:
-            self.desyncs_found += 1
-            self._sink.stats["desyncs"] += 1
-            self.desync_notice = DesyncNotice(found.frame, found.minority[:MAX_NOTICE_SLOTS])
-            self._sink.events.append(
-                DesyncDetected(
-                    self.room_id, found.frame, found.majority_hash, found.minority, found.hashes
-                )
-            )
-        if self._snapshot_candidates:
-            self._consider_snapshots()
-        if self.result is None:
-            self.ballot.set_expected(connected)
-            outcome = self.ballot.outcome(now)
-            if outcome is not None:
-                self.result = ResultDecided(
-                    self.room_id,
-                    self.match_id,
-                    self.last_frame,
-                    outcome.result,
-                    outcome.dissenters,
-                    outcome.reason,
-                )
-                self._sink.events.append(self.result)
-                self.end("result", now)
+        decided = self.referee.judge(frozenset(self.connected_slots()), self.last_frame, now)
+        if decided is not None:
+            self.end("result", now)
+
+    @property
+    def agreed_snapshot(self) -> AgreedSnapshot | None:
+        return self.referee.agreed_snapshot
+
+    @agreed_snapshot.setter
+    def agreed_snapshot(self, snapshot: AgreedSnapshot | None) -> None:
+        self.referee.agreed_snapshot = snapshot
+
+    @property
+    def result(self) -> ResultDecided | None:
+        return self.referee.result
+
+    @property
+    def desyncs_found(self) -> int:
+        return self.referee.desyncs_found
 
     def _check_timeouts(self, now: float) -> None:
         timeout = self.config.disconnect_timeout

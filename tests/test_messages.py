@@ -1039,7 +1039,8 @@ def test_disconnect_unknown_reason(value: int) -> None:
 
 def test_server_update_with_a_full_frame_budget_fits_a_sealed_body() -> None:
     """The room sizes frames by FRAME_BUDGET; every other field at its worst must still fit."""
-    from battle.room import FRAME_BUDGET, MAX_NOTICE_SLOTS, MAX_PLAYERS  # noqa: PLC0415
+    from battle.referee import MAX_NOTICE_SLOTS  # noqa: PLC0415
+    from battle.room import FRAME_BUDGET, MAX_PLAYERS  # noqa: PLC0415
 
     frames = [b"\x00" * (FRAME_BUDGET - 15)] + [b"\x90"] * 15  # 16: a three-byte array header
     notice = DesyncNotice(U64, tuple(range(MAX_PLAYERS))[-MAX_NOTICE_SLOTS:])
