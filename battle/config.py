@@ -8,6 +8,23 @@ from dataclasses import dataclass
 MIN_TICK_RATE = 10
 MAX_TICK_RATE = 60
 
+# (low, high, low is allowed) per field: a lobby's config may not hang or break a room, so
+# every timing and limit it can set is bounded. The high end is always included.
+_BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "heartbeat_interval": (0.01, 5.0, True),
+    "disconnect_timeout": (0.5, 600.0, True),
+    "start_timeout": (0.0, 3600.0, False),
+    "max_duration": (0.0, 86400.0, False),
+    "empty_timeout": (0.0, 3600.0, False),
+    "end_linger": (0.0, 60.0, True),
+    "redundancy_window": (0.05, 2.0, True),
+    "input_backlog": (0, 1000, True),
+    "max_inputs_per_frame": (1, 64, True),
+    "hash_timeout": (0.0, 60.0, False),
+    "result_timeout": (0.0, 600.0, False),
+    "catchup_rate": (10_000.0, 100_000_000.0, True),
+}
+
 
 @dataclass(frozen=True, slots=True)
 class RosterEntry:
@@ -54,14 +71,18 @@ class RoomConfig:
     def __post_init__(self) -> None:
         if not MIN_TICK_RATE <= self.tick_rate <= MAX_TICK_RATE:
             raise ValueError(f"tick_rate must be in [{MIN_TICK_RATE}, {MAX_TICK_RATE}]")
-        if self.max_inputs_per_frame < 1 or self.max_input_bytes < 1:
-            raise ValueError("input limits must be positive")
-        if self.max_input_bytes > 255:
-            raise ValueError("max_input_bytes is at most 255 (the wire cap)")
-        if self.catchup_rate <= 0 or not 0 < self.max_snapshot_bytes <= 1 << 20:
-            raise ValueError("catchup_rate must be positive, max_snapshot_bytes in (0, 1 MiB]")
+        if not 1 <= self.max_input_bytes <= 255:
+            raise ValueError("max_input_bytes must be in [1, 255] (the wire cap)")
+        if not 0 < self.max_snapshot_bytes <= 1 << 20:
+            raise ValueError("max_snapshot_bytes must be in (0, 1 MiB]")
         if self.min_players < 1:
             raise ValueError("min_players must be at least 1")
+        for name, (low, high, closed) in _BOUNDS.items():
+            value = getattr(self, name)
+            above = low <= value if closed else low < value
+            if not (above and value <= high):  # written so that NaN fails too
+                opening = "[" if closed else "("
+                raise ValueError(f"{name} must be in {opening}{_num(low)}, {_num(high)}]")
 
     @property
     def tick_interval(self) -> float:
@@ -71,3 +92,7 @@ class RoomConfig:
     def redundancy_frames(self) -> int:
         """Bound on frames carried per datagram, from the redundancy window."""
         return max(2, math.ceil(self.redundancy_window * self.tick_rate))
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if x == int(x) else str(x)

@@ -70,6 +70,8 @@ class RejectReason(StrEnum):
     DRAINING = "draining"
     DUPLICATE = "duplicate"
     BAD_REQUEST = "bad_request"
+    UNAVAILABLE = "unavailable"
+    """The host cannot run a room for a reason of its own (its disk, say); try another."""
 
 
 class RoomEventKind(StrEnum):

@@ -59,12 +59,12 @@ class ControlClient:
     async def run(self) -> None:
         attempt = 0
         while True:
+            registrations = self.registrations
             try:
                 stream = await trio.open_tcp_stream(*self.lobby)
             except OSError as exc:
                 self._log.info("lobby_unreachable", error=str(exc))
             else:
-                attempt = 0
                 try:
                     async with stream:
                         await self._session(stream)
@@ -75,6 +75,10 @@ class ControlClient:
                 finally:
                     self.connected = False
                     self.host.lobby_connected = False
+            if self.registrations != registrations:
+                # Only a session that got as far as Registered proves the lobby works: one that
+                # accepts and then closes must not be reconnected to at the fastest rate.
+                attempt = 0
             delay = min(BACKOFF_MAX, BACKOFF_MIN * 2**attempt) * self._rng.uniform(0.5, 1.0)
             attempt += 1
             await trio.sleep(delay)
@@ -100,8 +104,17 @@ class ControlClient:
         send_lock = trio.Lock()
 
         async def send(message: ControlMessage) -> None:
+            try:
+                data = encode_message(message)
+            except ValueError as exc:
+                # A bug on this side (say an oversized event detail): drop that one message
+                # rather than the connection or the process.
+                self._log.error(
+                    "control_message_invalid", type=type(message).__name__, error=str(exc)
+                )
+                return
             async with send_lock:
-                await stream.send_all(encode_message(message))
+                await stream.send_all(data)
 
         registered: Registered | None = None
         with trio.fail_after(10):
@@ -195,13 +208,24 @@ class ControlClient:
             await trio.sleep(max(1.0, lease))
 
     async def _forward(self, send: _Send) -> None:
-        """Room events queued by the host, in order; results go through the outbox too."""
+        """Room events queued by the host, in order; results go through the outbox too.
+
+        A message leaves the queue before it is sent: the queue is bounded, so whatever is
+        appended during the send may evict its oldest entry, which must not be one in flight.
+        A failed send puts the message back in front (unless the queue filled up meanwhile:
+        then it is the oldest, the one the bound drops first).
+        """
         outbox = self.host.control
         while True:
             while outbox.queue:
-                message = outbox.queue[0]
-                await send(message)
-                outbox.queue.popleft()
+                message = outbox.queue.popleft()
+                try:
+                    await send(message)
+                except BaseException:
+                    queue = outbox.queue
+                    if queue.maxlen is None or len(queue) < queue.maxlen:
+                        queue.appendleft(message)
+                    raise
             outbox.wakeup = trio.Event()
             if not outbox.queue:
                 await outbox.wakeup.wait()

@@ -25,6 +25,12 @@ class ResultOutbox:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.pending: dict[int, RoomResult] = {}
+        for leftover in directory.glob("*.tmp"):
+            # A crash before the rename: the file may be partial and was never sent or acked;
+            # left alone, such files would pile up with every crash.
+            _log.warning("result_tmp_removed", path=str(leftover))
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
         for path in sorted(directory.glob("*.result")):
             result = self._load(path)
             if result is not None:
@@ -55,6 +61,7 @@ class ResultOutbox:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_directory(self.directory)  # the rename itself must survive a power loss
         self.pending[result.match_id] = result
 
     def acknowledge(self, match_id: int) -> bool:
@@ -63,3 +70,11 @@ class ResultOutbox:
         with contextlib.suppress(FileNotFoundError):
             self._path(match_id).unlink()
         return True
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

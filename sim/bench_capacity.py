@@ -12,6 +12,7 @@ loopback, and reports the ratio of the two.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -20,8 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import trio
@@ -43,6 +46,10 @@ from battle.control import (
 from battle.ticket import issue_ticket
 
 _ROOT = Path(__file__).resolve().parent.parent
+READY_TIMEOUT = 120.0
+"""Seconds the load generator may take to get every client into a running room."""
+DONE_MARGIN = 60.0
+"""Seconds beyond the measuring window the load generator may take to report `done`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,20 +236,16 @@ async def _run(rooms: int, players: int, hz: int, seconds: float, workdir: Path)
             }
             spec_path = workdir / "loadgen.msgpack"
             spec_path.write_bytes(msgpack.packb(spec, use_bin_type=True))
-            loadgen = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "sim.loadgen", str(spec_path)],
-                cwd=_ROOT,
-                stdout=subprocess.PIPE,
-            )
-            assert loadgen.stdout is not None
-            lines = _lines(loadgen.stdout)
-            ready = json.loads(await anext(lines))
-            host_cpu_start = _cpu_seconds(host.pid)
-            window_start = time.monotonic()
-            done = json.loads(await anext(lines))
-            host_cpu = _cpu_seconds(host.pid) - host_cpu_start
-            window = time.monotonic() - window_start
-            await loadgen.wait()
+            command = [sys.executable, "-m", "sim.loadgen", str(spec_path)]
+            marks: list[tuple[float, float]] = []  # (host CPU seconds, monotonic) at each line
+
+            def mark() -> None:
+                marks.append((_cpu_seconds(host.pid), time.monotonic()))
+
+            ready, done = await run_loadgen(command, mark, READY_TIMEOUT, seconds + DONE_MARGIN)
+            (cpu_start, window_start), (cpu_end, window_end) = marks
+            host_cpu = cpu_end - cpu_start
+            window = window_end - window_start
             assert ready["event"] == "ready" and done["event"] == "done"
         finally:
             if host.poll() is None:
@@ -289,7 +292,47 @@ async def _run(rooms: int, players: int, hz: int, seconds: float, workdir: Path)
     )
 
 
-async def _lines(stream: trio.abc.ReceiveStream):  # type: ignore[no-untyped-def]
+async def run_loadgen(
+    command: list[str],
+    on_line: Callable[[], None],
+    ready_timeout: float,
+    done_timeout: float,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the load generator; returns its `ready` and `done` lines.
+
+    `on_line` runs as soon as each of the two arrives (they bound the measuring window).
+    Each line has a deadline (trio.TooSlowError: `ready_timeout` from the start, `done_timeout`
+    from `ready`), and the process never outlives this call: on any error or cancellation it
+    is killed.
+    """
+    loadgen = await trio.lowlevel.open_process(command, cwd=_ROOT, stdout=subprocess.PIPE)
+    assert loadgen.stdout is not None
+    try:
+        async with contextlib.aclosing(_lines(loadgen.stdout)) as lines:
+            with trio.fail_after(ready_timeout):
+                ready: dict[str, Any] = json.loads(await _next_line(lines, "ready"))
+            on_line()
+            with trio.fail_after(done_timeout):
+                done: dict[str, Any] = json.loads(await _next_line(lines, "done"))
+                on_line()
+                await loadgen.wait()
+        return ready, done
+    finally:
+        with trio.CancelScope(shield=True):
+            if loadgen.returncode is None:
+                loadgen.kill()
+            await loadgen.wait()
+            await loadgen.stdout.aclose()
+
+
+async def _next_line(lines: AsyncIterator[str], what: str) -> str:
+    line = await anext(lines, None)
+    if line is None:
+        raise RuntimeError(f"load generator exited before reporting {what!r}")
+    return line
+
+
+async def _lines(stream: trio.abc.ReceiveStream) -> AsyncGenerator[str, None]:
     buffer = b""
     while True:
         while b"\n" in buffer:

@@ -11,8 +11,11 @@ from battle import __version__
 
 
 def _demo(args: argparse.Namespace) -> int:
-    if args.seconds < 3 or not 0 <= args.loss < 100 or args.rtt < 0:
-        print("framesync demo: need --seconds >= 3, 0 <= --loss < 100, --rtt >= 0", file=sys.stderr)
+    if not 3 <= args.seconds <= 86_400 or not 0 <= args.loss < 100 or args.rtt < 0:
+        print(
+            "framesync demo: need 3 <= --seconds <= 86400, 0 <= --loss < 100, --rtt >= 0",
+            file=sys.stderr,
+        )
         return 2
     from sim.demo import run_demo  # noqa: PLC0415 - keep `framesync --help` fast
 

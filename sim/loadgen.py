@@ -4,7 +4,9 @@ Each client is a real ClientConnection (real handshake, sealed datagrams, acks) 
 non-blocking UDP socket, driven by a plain selector loop rather than trio so the generator
 spends its core on the protocol, not on scheduling. Every client sends an input on most of
 its ticks. Progress is reported as JSON lines on stdout: `ready` once every client is
-accepted, then `done` with what the clients received.
+accepted, then `done` with what the clients received. When the clients are not all in a
+running room within `ready_timeout` seconds (60 by default) it gives up: one error line on
+stderr and exit status 1.
 
 Run by the benchmark: `python -m sim.loadgen SPEC_FILE` where the spec (msgpack) holds the
 server address, tick rate, duration and each player's ticket and keys.
@@ -27,6 +29,13 @@ import msgpack
 
 from battle.client import ClientConnection, ClientState, FrameReceived
 from battle.ticket import ClientKeys
+
+READY_TIMEOUT = 60.0
+"""Seconds every client gets to be in a running room before the run is abandoned."""
+
+
+class NotReadyError(Exception):
+    """Some clients never got into a running room."""
 
 
 class _Player:
@@ -51,6 +60,7 @@ def run(spec: dict[str, object]) -> dict[str, object]:
     seconds = float(spec["seconds"])  # type: ignore[arg-type]
     input_chance = float(spec.get("input_chance", 0.6))  # type: ignore[arg-type]
     tickets: list[tuple[bytes, bytes, bytes]] = spec["tickets"]  # type: ignore[assignment]
+    ready_timeout = float(spec.get("ready_timeout", READY_TIMEOUT))  # type: ignore[arg-type]
     _raise_fd_limit(len(tickets) + 64)
     rng = random.Random(int(spec.get("seed", 1)))  # type: ignore[call-overload]
     selector = selectors.DefaultSelector()
@@ -70,11 +80,17 @@ def run(spec: dict[str, object]) -> dict[str, object]:
         _flush(player)
 
     ready_at: float | None = None
-    end = now + 3600.0
+    end = now + ready_timeout
     frames_at_ready = 0
     while True:
         now = time.monotonic()
         if now >= end:
+            if ready_at is None:
+                running = sum(p.conn.room_state.name == "RUNNING" for p in players)
+                raise NotReadyError(
+                    f"only {running} of {len(players)} clients were in a running room "
+                    f"after {ready_timeout:g} s"
+                )
             break
         for key, _ in selector.select(0.002):
             player = key.data
@@ -134,7 +150,12 @@ def _flush(player: _Player) -> None:
 
 def main() -> None:
     spec = msgpack.unpackb(Path(sys.argv[1]).read_bytes(), raw=False)
-    print(json.dumps(run(spec)), flush=True)
+    try:
+        report = run(spec)
+    except NotReadyError as exc:
+        print(f"loadgen: giving up: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":

@@ -63,20 +63,28 @@ plain = st.recursive(
 )
 str_map = st.dictionaries(st.text(max_size=8), plain, max_size=5)
 
+
+def _within(low: float, high: float, *, closed: bool = True) -> st.SearchStrategy[float]:
+    return st.floats(
+        min_value=low, max_value=high, exclude_min=not closed, allow_nan=False, allow_infinity=False
+    )
+
+
+# Every field drawn within RoomConfig's own bounds (config.py), edges included.
 room_configs = st.builds(
     RoomConfig,
     tick_rate=st.integers(10, 60),
-    start_timeout=nonneg,
+    start_timeout=_within(0, 3600, closed=False),
     min_players=st.integers(1, 10),
     max_input_bytes=st.integers(1, 255),
     max_inputs_per_frame=st.integers(1, 8),
     input_backlog=st.integers(0, 100),
-    redundancy_window=nonneg,
-    heartbeat_interval=nonneg,
-    disconnect_timeout=nonneg,
-    max_duration=nonneg,
-    end_linger=nonneg,
-    empty_timeout=nonneg,
+    redundancy_window=_within(0.05, 2),
+    heartbeat_interval=_within(0.01, 5),
+    disconnect_timeout=_within(0.5, 600),
+    max_duration=_within(0, 86400, closed=False),
+    end_linger=_within(0, 60),
+    empty_timeout=_within(0, 3600, closed=False),
 )
 
 
