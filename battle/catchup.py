@@ -18,11 +18,15 @@ first catch-up of a long match never stalls the host's other rooms.
 from __future__ import annotations
 
 import bisect
-import zlib
 from collections import deque
 from dataclasses import dataclass
 
-from battle.messages import SNAPSHOT_CHUNK_SIZE, SnapshotChunk, encode_catchup_parts
+from battle.messages import (
+    SNAPSHOT_CHUNK_SIZE,
+    SnapshotChunk,
+    compress_frames,
+    encode_catchup_parts,
+)
 from battle.wire import MAX_SEALED_BODY, SEALED_OVERHEAD
 
 PAYLOAD_BUDGET = MAX_SEALED_BODY - 32
@@ -34,10 +38,6 @@ PUMP_INTERVAL = 0.005
 """How often a room feeds its catching-up peers; small enough to pace smoothly."""
 _SILENT = 1.0
 """Seconds without a word from the peer after which its stream pauses."""
-
-
-def _compress(encoded: list[bytes]) -> bytes:
-    return zlib.compress(b"".join(encoded), 6)
 
 
 class ChunkCache:
@@ -81,7 +81,7 @@ class ChunkCache:
         if complete_only and first + count > last and count < _MAX_CHUNK_FRAMES:
             return None  # ran out of frames: the run is not full yet
         while True:
-            payload = _compress(encoded[first - 1 : first - 1 + count])
+            payload = compress_frames(encoded[first - 1 : first - 1 + count])
             if len(payload) <= PAYLOAD_BUDGET or count == 1:
                 if complete_only and payload:
                     raw = sum(map(len, encoded[first - 1 : first - 1 + count]))

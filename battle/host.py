@@ -134,6 +134,8 @@ class RoomHost:
         """Rooms that ended and close once their last sessions are done."""
         self._send_ready = trio.Event()
         self._done = trio.Event()
+        self._drain_requested = trio.Event()
+        self._drain_reason = "shutdown"
         self._log = _log.bind(host_id=settings.host_id)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -167,6 +169,7 @@ class RoomHost:
                 nursery.start_soon(self._tick_loop)
                 nursery.start_soon(self._send_loop)
                 nursery.start_soon(self._flush_loop)
+                nursery.start_soon(self._drain_when_asked)
                 task_status.started(self.address)
                 await self._done.wait()
                 nursery.cancel_scope.cancel()
@@ -202,6 +205,17 @@ class RoomHost:
         if self.outbox.pending:
             self._log.warning("results_left_on_disk", matches=sorted(self.outbox.pending))
         self._done.set()
+
+    def request_drain(self, reason: str) -> None:
+        """Ask for a drain from sync code (a signal handler, a control message); the drain
+        itself runs as a task of this host, so its errors surface like any other."""
+        if not self._drain_requested.is_set():
+            self._drain_reason = reason
+            self._drain_requested.set()
+
+    async def _drain_when_asked(self) -> None:
+        await self._drain_requested.wait()
+        await self.drain(self._drain_reason)
 
     def stop_now(self) -> None:
         """Stop without draining (a second signal): logs are flushed, results stay on disk."""

@@ -186,7 +186,7 @@ class ControlClient:
         elif isinstance(message, Ping):
             await send(Pong(message.nonce))
         elif isinstance(message, Drain):
-            trio.lowlevel.spawn_system_task(host.drain, message.reason)
+            host.request_drain(message.reason)
         elif isinstance(message, Pong | Registered):
             pass
         else:

@@ -27,7 +27,7 @@ async def _watch_signals(host: RoomHost) -> None:
                 host.stop_now()
                 return
             log.info("drain_requested", signal=signal.Signals(signum).name)
-            trio.lowlevel.spawn_system_task(host.drain, "signal")
+            host.request_drain("signal")
 
 
 async def _main(args: argparse.Namespace) -> int:
