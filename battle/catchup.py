@@ -183,10 +183,10 @@ class CatchupStream:
         budget: float = float("inf"),
     ) -> None:
         self.ack_interval = ack_interval
+        """Longest a client may take to acknowledge (it acks at least once per tick)."""
         self.budget = budget
         """Bytes this episode may still send: a peer that never advances its ack (whether
         broken or abusive) cannot pull the whole history from the host again and again."""
-        """Longest a client may take to acknowledge (it acks at least once per tick)."""
         self.bucket = TokenBucket(rate, now)
         self.cursor = 0
         self.snapshot = snapshot

@@ -22,7 +22,6 @@ from battle.frames import Frame
 from battle.messages import (
     MAX_HASH_REPORTS,
     MAX_INPUTS_PER_PACKET,
-    MAX_RESULT_SIZE,
     MAX_SNAPSHOT_SIZE,
     SNAPSHOT_CHUNK_SIZE,
     Accept,
@@ -33,6 +32,7 @@ from battle.messages import (
     DisconnectReason,
     RoomState,
     SnapshotChunk,
+    check_result,
     decode_accept_untrusted,
     decode_catchup_untrusted,
     decode_disconnect_untrusted,
@@ -215,8 +215,7 @@ class ClientConnection:
     def report_result(self, result: dict[str, object]) -> None:
         """The match result as this client computed it; the room takes the majority."""
         encoded = canonical_result(result)
-        if len(encoded) > MAX_RESULT_SIZE:
-            raise ValueError(f"result is larger than {MAX_RESULT_SIZE} bytes encoded")
+        check_result(encoded)  # string keys, plain values, at most MAX_RESULT_SIZE encoded
         self._result = encoded
 
     def upload_snapshot(self, frame: int, state_hash: int, data: bytes, now: float) -> None:

@@ -103,7 +103,7 @@ class ResultDecided:
     """Canonical msgpack of the agreed result map."""
     dissenters: tuple[int, ...]
     reason: str
-    """'unanimous', 'majority' or 'timeout'."""
+    """'unanimous', 'majority', 'split' or 'timeout' (see consensus.ResultBallot)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -217,6 +217,14 @@ def decode_frame(number: int, encoded: bytes) -> Frame:
     return _decode_frame(number, msgpack.unpackb(encoded, raw=False))
 
 
+def check_result(data: bytes) -> None:
+    """Raise ValueError unless `data` is a result the room accepts (see `_result`)."""
+    try:
+        _result(data)
+    except BadDatagram as exc:
+        raise ValueError(f"the room would reject this result: {exc}") from None
+
+
 def _result(value: object) -> bytes | None:
     """A reported result must be the canonical encoding of a string-keyed map of plain values,
     so that equal results compare equal as bytes and every shell can decode it safely."""

@@ -80,7 +80,11 @@ class Referee:
             if current is not None and candidate.frame <= current.frame:
                 del self._snapshot_candidates[slot]
                 continue
-            agreed = self.hashbook.agreed_hash(candidate.frame)
+            # A room of one has no majority to consult: its only player is the authority.
+            if self.players == 1:
+                agreed: int | None = candidate.hash
+            else:
+                agreed = self.hashbook.agreed_hash(candidate.frame)
             if agreed is None:
                 continue  # not judged yet (or no majority): keep waiting
             if agreed != candidate.hash:

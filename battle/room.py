@@ -53,11 +53,11 @@ _UPDATE_PREFIX_MAX = 128
 """Upper bound of a SERVER_UPDATE body without its frames: eleven msgpack scalars, array
 headers and a desync notice naming at most MAX_NOTICE_SLOTS slots."""
 MAX_PLAYERS = 32
+"""Keeps ACCEPT (which lists the roster) inside one datagram."""
 CATCHUP_BUDGET_FACTOR = 3
 CATCHUP_BUDGET_SLACK = 1 << 20
 """A catch-up may send three times what the peer lacked when it began, plus 1 MiB for the
-frames that close meanwhile; then it stops until the peer reconnects."""
-"""Keeps ACCEPT (which lists the roster) inside one datagram."""
+frames that close meanwhile; a peer that exhausts it is disconnected (it may reconnect)."""
 FRAME_BUDGET = MAX_SEALED_BODY - _UPDATE_PREFIX_MAX
 _INPUT_COST = 14
 """Worst-case msgpack bytes of one input in a frame besides its data (slot, seq, bin header)."""
@@ -553,6 +553,12 @@ class Room:
                 continue
             stream = self._update_catchup(peer, now)
             if stream is None:
+                continue
+            if stream.budget <= 0:
+                # Broken or abusive: it never acknowledged what it was sent. Disconnect it
+                # rather than leave it waiting for frames that will never come.
+                self._sink.drops["catchup_budget"] += 1
+                self._drop_session(peer, "catchup_budget", now, notify=True)
                 continue
             active = True
             rtt = session.sent.rtt

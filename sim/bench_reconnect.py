@@ -16,7 +16,7 @@ How it is measured, in one process on loopback:
   `input_bytes` random bytes, input sequences from 1). They are then fed through the room's
   own code: each input is queued on its peer exactly as `Room._on_inputs` queues it
   (`peer.queued`, `peer.input_ack`), and `Room.tick(now)` runs once per frame on a fake clock
-  that ends at the real trio clock, so `Room._close_frame` itself builds `frames`,
+  that ends at the real trio clock, so `Room._close_frame` itself builds
   `encoded_frames` and `frame_times` and emits `FrameClosed`, which the host writes to the
   match's input log. Nothing is appended behind the room's back, so `last_frame`, the encoded
   frames and the log stay consistent by construction, and the result is checked

@@ -20,12 +20,14 @@ from battle.metrics import start_metrics_server
 async def _watch_signals(host: RoomHost) -> None:
     """First SIGTERM/SIGINT drains; a second one stops at once."""
     log = structlog.get_logger("framesync.host")
+    asked = False
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
-            if host.draining:
+            if asked:
                 log.warning("stopping_now", signal=signal.Signals(signum).name)
                 host.stop_now()
                 return
+            asked = True
             log.info("drain_requested", signal=signal.Signals(signum).name)
             host.request_drain("signal")
 

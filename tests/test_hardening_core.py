@@ -102,3 +102,22 @@ def test_catch_up_stops_at_its_byte_budget() -> None:
         now = step * 0.1
         sent += sum(len(b) for b in stream.pump_frames(now, 0.01, now, 0, 2000, cache, encoded))
     assert 0 < sent <= 5000 + MAX_DATAGRAM
+
+
+def test_report_result_refuses_what_the_room_would_drop() -> None:
+    match = _match(6)
+    client = match.players[0].client
+    for bad_result in ({1: "int key"}, {"nested": {2: "int key"}}, {"big": "x" * 600}):
+        try:
+            client.report_result(bad_result)  # type: ignore[arg-type]
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted {bad_result!r}")
+    client.report_result({"winner": 1})  # a plain string-keyed map is fine
+
+
+def test_a_one_player_room_adopts_its_players_snapshot() -> None:
+    config = RoomConfig(tick_rate=15, max_duration=30.0, end_linger=2.0)
+    match = LocalMatch(seed=7, players=1, config=config, hash_every=15, snapshot_every=150)
+    match.run_until(15.0)
+    assert [e.frame for e in match.events if isinstance(e, SnapshotAgreed)][:1] == [150]
