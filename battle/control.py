@@ -13,7 +13,6 @@ skipped (the stream is still in sync); broken *framing* is fatal and the connect
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
@@ -21,10 +20,17 @@ from typing import Any
 import msgpack
 
 from battle.config import RoomConfig, RosterEntry
+from battle.streamcodec import Check, FrameBuffer, frame, unpack_body
+from battle.streamcodec import FieldError as _Invalid
+from battle.streamcodec import flag as _flag
+from battle.streamcodec import optional as _optional
+from battle.streamcodec import show as _show
+from battle.streamcodec import str_map as _str_map
+from battle.streamcodec import text as _text
+from battle.streamcodec import uint as _uint
 
 MAX_CONTROL_FRAME = 1 << 20
 """Largest frame body in bytes; a bigger declared length means the stream is not ours."""
-_HEADER = 4
 _U64 = (1 << 64) - 1
 _U32 = (1 << 32) - 1
 _MAX_NAME = 256
@@ -220,31 +226,6 @@ ControlMessage = (
 # --- field validators: each returns the value to store or raises _Invalid ---------------------
 
 
-class _Invalid(Exception):
-    pass
-
-
-Check = Callable[[object], Any]
-
-
-def _uint(limit: int, low: int = 0) -> Check:
-    def check(v: object) -> int:
-        if type(v) is not int or not low <= v <= limit:
-            raise _Invalid(f"expected an integer in [{low}, {limit}], got {_show(v)}")
-        return v
-
-    return check
-
-
-def _text(max_len: int, min_len: int = 0) -> Check:
-    def check(v: object) -> str:
-        if type(v) is not str or not min_len <= len(v) <= max_len:
-            raise _Invalid(f"expected a string of {min_len}..{max_len} chars, got {_show(v)}")
-        return v
-
-    return check
-
-
 def _number(v: object, *, positive: bool) -> float:
     if type(v) is bool or not isinstance(v, int | float) or not math.isfinite(v):
         raise _Invalid(f"expected a finite number, got {_show(v)}")
@@ -255,12 +236,6 @@ def _number(v: object, *, positive: bool) -> float:
 
 def _seconds(v: object) -> float:
     return _number(v, positive=True)
-
-
-def _flag(v: object) -> bool:
-    if type(v) is not bool:
-        raise _Invalid(f"expected a boolean, got {_show(v)}")
-    return v
 
 
 def _enum(cls: type[StrEnum]) -> Check:
@@ -282,19 +257,6 @@ def _array(item: Check) -> Check:
         return tuple(item(x) for x in v)
 
     return check
-
-
-def _optional(inner: Check) -> Check:
-    def check(v: object) -> Any:
-        return None if v is None else inner(v)
-
-    return check
-
-
-def _str_map(v: object) -> dict[str, object]:
-    if type(v) is not dict or not all(type(k) is str for k in v):
-        raise _Invalid(f"expected a map with string keys, got {_show(v)}")
-    return v
 
 
 def _key(v: object) -> bytes:
@@ -323,11 +285,6 @@ def _room_config(v: object) -> dict[str, object]:
     except ControlProtocolError as exc:
         raise _Invalid(exc.reason) from None
     return plain
-
-
-def _show(v: object) -> str:
-    text = repr(v)
-    return f"{type(v).__name__} {text[:40]}{'…' if len(text) > 40 else ''}"
 
 
 _u8 = _uint(255)
@@ -441,7 +398,7 @@ def encode_message(msg: ControlMessage) -> bytes:
     body: bytes = msgpack.packb(m, use_bin_type=True)
     if len(body) > MAX_CONTROL_FRAME:
         raise ValueError(f"{t} message is {len(body)} bytes, over {MAX_CONTROL_FRAME}")
-    return len(body).to_bytes(_HEADER, "big") + body
+    return frame(body)
 
 
 # --- decoder -----------------------------------------------------------------------------
@@ -451,7 +408,7 @@ class ControlDecoder:
     """Reassembles frames from stream bytes and decodes them, one message per call."""
 
     def __init__(self, max_frame: int = MAX_CONTROL_FRAME) -> None:
-        self._buf = bytearray()
+        self._frames = FrameBuffer()
         self._max = max_frame
         self._broken: str | None = None
 
@@ -464,7 +421,7 @@ class ControlDecoder:
         """Append received bytes (b"" is fine). Raises ControlFramingError once broken."""
         if self._broken is not None:
             raise ControlFramingError(self._broken)
-        self._buf += data
+        self._frames.append(data)
 
     def next_message(self) -> ControlMessage | None:
         """The next complete message, or None until more bytes arrive.
@@ -474,23 +431,20 @@ class ControlDecoder:
         """
         if self._broken is not None:
             raise ControlFramingError(self._broken)
-        buf = self._buf
-        if len(buf) < _HEADER:
+        n = self._frames.pending_length()
+        if n is None:
             return None
-        n = int.from_bytes(buf[:_HEADER], "big")
         if not 1 <= n <= self._max:
             self._broken = f"frame length {n} outside [1, {self._max}]"
-            self._buf = bytearray()
+            self._frames.clear()
             raise ControlFramingError(self._broken)
-        end = _HEADER + n
-        if len(buf) < end:
+        body = self._frames.pop()
+        if body is None:
             return None
-        body = bytes(buf[_HEADER:end])
-        del buf[:end]
         try:
-            obj = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
-        except Exception as exc:  # msgpack raises many types on garbage; all mean one thing
-            raise ControlProtocolError(f"frame is not msgpack: {type(exc).__name__}") from None
+            obj = unpack_body(body)
+        except _Invalid as exc:
+            raise ControlProtocolError(f"frame is not msgpack: {exc}") from None
         return _from_map(obj)
 
 

@@ -59,13 +59,19 @@ kept) raises LobbyFramingError, now and on every later call: the connection must
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
 
 import msgpack
 
+from battle.streamcodec import Check, FrameBuffer, frame, unpack_body
+from battle.streamcodec import FieldError as _Invalid
+from battle.streamcodec import blob as _blob
+from battle.streamcodec import flag as _flag
+from battle.streamcodec import show as _show
+from battle.streamcodec import text as _text
+from battle.streamcodec import uint as _uint
 from battle.ticket import KEY_SIZE
 from battle.wire import TICKET_SIZE
 
@@ -73,7 +79,6 @@ PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
 MAX_LOBBY_FRAME = 64 * 1024
 """Largest frame body in bytes; a bigger declared length is fatal."""
-_HEADER = 4
 _U64 = (1 << 64) - 1
 _U32 = (1 << 32) - 1
 _MAX_NAME = 64
@@ -398,45 +403,6 @@ Message = ClientMessage | ServerMessage
 # --- field validators: each returns the value to store or raises _Invalid ---------------------
 
 
-class _Invalid(Exception):
-    pass
-
-
-Check = Callable[[object], Any]
-
-
-def _show(v: object) -> str:
-    text = repr(v)
-    return f"{type(v).__name__} {text[:40]}{'…' if len(text) > 40 else ''}"
-
-
-def _uint(limit: int, low: int = 0) -> Check:
-    def check(v: object) -> int:
-        if type(v) is not int or not low <= v <= limit:
-            raise _Invalid(f"expected an integer in [{low}, {limit}], got {_show(v)}")
-        return v
-
-    return check
-
-
-def _text(max_len: int, min_len: int = 0) -> Check:
-    def check(v: object) -> str:
-        if type(v) is not str or not min_len <= len(v) <= max_len:
-            raise _Invalid(f"expected a string of {min_len}..{max_len} chars, got {_show(v)}")
-        return v
-
-    return check
-
-
-def _blob(max_len: int, min_len: int) -> Check:
-    def check(v: object) -> bytes:
-        if type(v) is not bytes or not min_len <= len(v) <= max_len:
-            raise _Invalid(f"expected {min_len}..{max_len} bytes, got {_show(v)}")
-        return v
-
-    return check
-
-
 def _number(*, low: float | None) -> Check:
     def check(v: object) -> float:
         if type(v) is bool or not isinstance(v, int | float) or not math.isfinite(v):
@@ -446,12 +412,6 @@ def _number(*, low: float | None) -> Check:
         return float(v)
 
     return check
-
-
-def _flag(v: object) -> bool:
-    if type(v) is not bool:
-        raise _Invalid(f"expected a boolean, got {_show(v)}")
-    return v
 
 
 def _array(item: Check, max_len: int, min_len: int = 0, *, distinct: bool = False) -> Check:
@@ -643,7 +603,7 @@ def encode_message(msg: Message) -> bytes:
     body: bytes = msgpack.packb(m, use_bin_type=True)
     if len(body) > MAX_LOBBY_FRAME:
         raise ValueError(f"{t} message is {len(body)} bytes, over {MAX_LOBBY_FRAME}")
-    return len(body).to_bytes(_HEADER, "big") + body
+    return frame(body)
 
 
 # --- decoder -----------------------------------------------------------------------------
@@ -661,7 +621,7 @@ class LobbyDecoder:
             raise ValueError(f"max_frame must be in [1, {MAX_LOBBY_FRAME}]")
         self.role = role
         self._specs = _SPECS_BY_ROLE[role]
-        self._buf = bytearray()
+        self._frames = FrameBuffer()
         self._max = max_frame
         self._broken: LobbyFramingError | None = None
 
@@ -677,7 +637,7 @@ class LobbyDecoder:
         impossible: then the bytes are dropped rather than buffered.
         """
         self._raise_if_broken()
-        self._buf += data
+        self._frames.append(data)
         self._check_header()
 
     def next_message(self) -> Message | None:
@@ -689,25 +649,20 @@ class LobbyDecoder:
         self._raise_if_broken()
         if not self._check_header():
             return None
-        buf = self._buf
-        end = _HEADER + int.from_bytes(buf[:_HEADER], "big")
-        if len(buf) < end:
+        body = self._frames.pop()
+        if body is None:
             return None
-        body = bytes(buf[_HEADER:end])
-        del buf[:end]
         try:
-            obj = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
-        except Exception as exc:  # msgpack raises many types on garbage; all mean one thing
-            raise LobbyProtocolError(
-                ErrorCode.MALFORMED, f"frame is not msgpack: {type(exc).__name__}"
-            ) from None
+            obj = unpack_body(body)
+        except _Invalid as exc:
+            raise LobbyProtocolError(ErrorCode.MALFORMED, f"frame is not msgpack: {exc}") from None
         return _from_map(obj, self._specs)
 
     def _check_header(self) -> bool:
         """False until a length prefix is buffered; raises if it is impossible."""
-        if len(self._buf) < _HEADER:
+        n = self._frames.pending_length()
+        if n is None:
             return False
-        n = int.from_bytes(self._buf[:_HEADER], "big")
         if n == 0:
             self._break(ErrorCode.MALFORMED, "frame length 0")
         if n > self._max:
@@ -716,7 +671,7 @@ class LobbyDecoder:
 
     def _break(self, code: ErrorCode, message: str) -> None:
         self._broken = LobbyFramingError(code, message)
-        self._buf = bytearray()
+        self._frames.clear()
         self._raise_if_broken()
 
     def _raise_if_broken(self) -> None:
