@@ -90,6 +90,12 @@ class FrameBuffer:
     def clear(self) -> None:
         self._buf = bytearray()
 
+    def discard(self, n: int) -> int:
+        """Drop up to ``n`` buffered bytes from the front; returns how many were dropped."""
+        dropped = min(n, len(self._buf))
+        del self._buf[:dropped]
+        return dropped
+
     def pending_length(self) -> int | None:
         """The next frame's declared length, once its prefix has arrived."""
         if len(self._buf) < HEADER:

@@ -42,6 +42,7 @@ Server → client
 | match_cancelled | prop u64, why text, requeued bool                                             |
 | match_ready     | match u64, host name, port 1–65535, ticket bin 128, c2s bin 32, s2c bin 32,  |
 |                 | slot u8, team u8, rate 1–255 tick rate                                        |
+| match_aborted   | match u64, why text (the match will not finish; no rating change)             |
 | match_ended     | match u64, result name, before number, after number (ratings)                 |
 | rating          | mu number, sigma ≥ 0, ord number, matches u32                                 |
 | history         | entries [[match, mode, result, ended_at, before, after], ...] (≤ 100)         |
@@ -52,8 +53,10 @@ integers are msgpack ints (never booleans); numbers are finite ints or floats; s
 
 Errors: the decoder raises LobbyProtocolError carrying the ErrorCode the server should answer
 with (error_for builds that answer). A bad *message* was skipped and the stream goes on;
-broken *framing* (a length of 0 or above the cap, checked from the prefix before any body is
-kept) raises LobbyFramingError, now and on every later call: the connection must close.
+a declared length above the cap (but at most MAX_SKIPPABLE_FRAME) is a bad message too: it
+raises `too_large` and its body is discarded as it arrives, never buffered. Broken *framing*
+(a length of 0 or above MAX_SKIPPABLE_FRAME, checked from the prefix before any body is kept)
+raises LobbyFramingError, now and on every later call: the connection must close.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ from typing import Any
 
 import msgpack
 
-from battle.streamcodec import Check, FrameBuffer, frame, unpack_body
+from battle.streamcodec import HEADER, Check, FrameBuffer, frame, unpack_body
 from battle.streamcodec import FieldError as _Invalid
 from battle.streamcodec import blob as _blob
 from battle.streamcodec import flag as _flag
@@ -78,7 +81,10 @@ from battle.wire import TICKET_SIZE
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
 MAX_LOBBY_FRAME = 64 * 1024
-"""Largest frame body in bytes; a bigger declared length is fatal."""
+"""Largest frame body in bytes the protocol allows; a server may set a lower cap."""
+MAX_SKIPPABLE_FRAME = 1 << 20
+"""A declared length above the cap but at most this is skipped (error too_large, the connection
+survives); above it the stream cannot be ours and the connection closes."""
 _U64 = (1 << 64) - 1
 _U32 = (1 << 32) - 1
 _MAX_NAME = 64
@@ -108,6 +114,18 @@ class ErrorCode(StrEnum):
     SESSION_EXPIRED = "session_expired"
     UNSUPPORTED_VERSION = "unsupported_version"
     HELLO_REQUIRED = "hello_required"
+    ON_COOLDOWN = "on_cooldown"
+    """Declined or missed a ready check recently; the message says until when."""
+    UNKNOWN_MODE = "unknown_mode"
+    UNKNOWN_REGION = "unknown_region"
+    BAD_PARTY = "bad_party"
+    """A party member is not online, is busy elsewhere, or the party does not fit the mode."""
+    UNKNOWN_PROPOSAL = "unknown_proposal"
+    """No such ready check for this player, or it expired."""
+    IN_MATCH = "in_match"
+    """The player is playing a match; queue again when it ends."""
+    UNAVAILABLE = "unavailable"
+    """The lobby cannot serve the request now (e.g. shutting down); retry later."""
     INTERNAL = "internal"
 
 
@@ -325,6 +343,16 @@ class MatchReady:
 
 
 @dataclass(frozen=True, slots=True)
+class MatchAborted:
+    """The match will not finish (its room host died, or no room could be made after
+    MatchReady); no rating changes. The player may queue again."""
+
+    match_id: int
+    reason: str
+    rid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class MatchEnded:
     match_id: int
     result: str
@@ -392,6 +420,7 @@ ServerMessage = (
     | MatchProposed
     | MatchCancelled
     | MatchReady
+    | MatchAborted
     | MatchEnded
     | Rating
     | History
@@ -517,6 +546,7 @@ _SERVER_SPECS: dict[str, _Spec] = {
     "match_ready": _spec(
         MatchReady, match=_u64, host=_name, port=_port, ticket=_blob(TICKET_SIZE, TICKET_SIZE),
         c2s=_key, s2c=_key, slot=_u8, team=_u8, rate=_uint(255, 1)),
+    "match_aborted": _spec(MatchAborted, match=_u64, why=_free),
     "match_ended": _spec(
         MatchEnded, match=_u64, result=_name, before=_any_number, after=_any_number),
     "rating": _spec(Rating, mu=_any_number, sigma=_seconds, ord=_any_number, matches=_u32),
@@ -538,15 +568,20 @@ def type_name(msg: Message) -> str:
 def _from_map(m: object, specs: dict[str, _Spec]) -> Message:
     if type(m) is not dict:
         raise LobbyProtocolError(ErrorCode.MALFORMED, f"message must be a map, got {_show(m)}")
-    t = m.get("t")
+    rid = m.get("rid")
+    valid_rid = rid if type(rid) is int and 0 <= rid <= _U32 else None
+    t = m.get("t")  # the rid is read first, so that even these errors reach their request
     if t is None:
-        raise LobbyProtocolError(ErrorCode.MISSING_FIELD, "message has no type (t)")
+        raise LobbyProtocolError(
+            ErrorCode.MISSING_FIELD, "message has no type (t)", None, valid_rid
+        )
     spec = specs.get(t) if type(t) is str else None
     if spec is None:
-        raise LobbyProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {_show(t)}")
+        raise LobbyProtocolError(
+            ErrorCode.UNKNOWN_TYPE, f"unknown message type {_show(t)}", None, valid_rid
+        )
     cls, fields_ = spec
-    rid = m.get("rid")
-    if rid is not None and (type(rid) is not int or not 0 <= rid <= _U32):
+    if rid is not None and valid_rid is None:
         raise LobbyProtocolError(
             ErrorCode.BAD_FIELD, f"{t}.rid: expected a u32, got {_show(rid)}", t
         )
@@ -623,6 +658,8 @@ class LobbyDecoder:
         self._specs = _SPECS_BY_ROLE[role]
         self._frames = FrameBuffer()
         self._max = max_frame
+        self._skip = 0
+        """Body bytes of an oversized frame still to discard."""
         self._broken: LobbyFramingError | None = None
 
     @property
@@ -638,17 +675,29 @@ class LobbyDecoder:
         """
         self._raise_if_broken()
         self._frames.append(data)
-        self._check_header()
+        self._drain_skip()
+        self._check_fatal()
 
     def next_message(self) -> Message | None:
         """The next complete message, or None until more bytes arrive.
 
-        Raises LobbyProtocolError for a bad message (already skipped: call again for the next)
-        and LobbyFramingError for an impossible length, then on every later call.
+        Raises LobbyProtocolError for a bad message (already skipped: call again for the next),
+        including `too_large` for an oversized frame, and LobbyFramingError for an impossible
+        length, then on every later call.
         """
         self._raise_if_broken()
-        if not self._check_header():
+        if self._drain_skip():
             return None
+        n = self._check_fatal()
+        if n is None:
+            return None
+        if n > self._max:
+            self._frames.discard(HEADER)
+            self._skip = n
+            self._drain_skip()
+            raise LobbyProtocolError(
+                ErrorCode.TOO_LARGE, f"frame of {n} bytes is over the {self._max}-byte cap"
+            )
         body = self._frames.pop()
         if body is None:
             return None
@@ -658,16 +707,24 @@ class LobbyDecoder:
             raise LobbyProtocolError(ErrorCode.MALFORMED, f"frame is not msgpack: {exc}") from None
         return _from_map(obj, self._specs)
 
-    def _check_header(self) -> bool:
-        """False until a length prefix is buffered; raises if it is impossible."""
+    def _drain_skip(self) -> bool:
+        """Discard what arrived of an oversized body; True while some is still to come."""
+        if self._skip:
+            self._skip -= self._frames.discard(self._skip)
+        return self._skip > 0
+
+    def _check_fatal(self) -> int | None:
+        """The pending length once its prefix is buffered; raises if it is impossible."""
+        if self._skip:
+            return None
         n = self._frames.pending_length()
         if n is None:
-            return False
+            return None
         if n == 0:
             self._break(ErrorCode.MALFORMED, "frame length 0")
-        if n > self._max:
-            self._break(ErrorCode.TOO_LARGE, f"frame length {n} over {self._max}")
-        return True
+        if n > MAX_SKIPPABLE_FRAME:
+            self._break(ErrorCode.TOO_LARGE, f"frame length {n} over {MAX_SKIPPABLE_FRAME}")
+        return n
 
     def _break(self, code: ErrorCode, message: str) -> None:
         self._broken = LobbyFramingError(code, message)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from lobby.protocol import (
     MAX_LOBBY_FRAME,
+    MAX_SKIPPABLE_FRAME,
     PROTOCOL_VERSION,
     Accept,
     CancelQueue,
@@ -32,6 +33,7 @@ from lobby.protocol import (
     Login,
     LoginDevice,
     Logout,
+    MatchAborted,
     MatchCancelled,
     MatchEnded,
     MatchProposed,
@@ -117,6 +119,7 @@ server_messages: st.SearchStrategy[Message] = st.one_of(
         rid,
     ),
     st.builds(MatchEnded, u64, name, num, num, rid),
+    st.builds(MatchAborted, u64, text, rid),
     st.builds(Rating, num, secs, num, u32, rid),
     st.builds(History, st.lists(history_entries, max_size=5).map(tuple), rid),
     st.builds(Error, st.sampled_from(ErrorCode), text, st.none() | name, rid),
@@ -151,6 +154,7 @@ SERVER_SAMPLES: list[Message] = [
     MatchCancelled(99, "declined", True),
     MatchReady(1, "127.0.0.1", 40000, bytes(128), K, K[::-1], 3, 1, 15),
     MatchEnded(1, "win", 12.0, 13.5),
+    MatchAborted(1, "room host lost"),
     Rating(25.0, 8.3, 0.1, 3),
     History((HistoryEntry(1, "5v5", "win", 1.7e9, 12.0, 13.5),)),
     History(()),
@@ -219,10 +223,10 @@ def test_samples_round_trip_with_types_restored() -> None:
     assert isinstance(err, Error) and err.code is ErrorCode.NOT_LOGGED_IN
     queue = decoded[0]
     assert isinstance(queue, Welcome) and type(queue.heartbeat_interval) is float
-    hist = decoded[11]
+    hist = decoded[12]
     assert isinstance(hist, History) and isinstance(hist.entries[0], HistoryEntry)
     every = {type(m) for m in CLIENT_SAMPLES + SERVER_SAMPLES}
-    assert len(every) == 27  # every message type is sampled
+    assert len(every) == 28  # every message type is sampled
 
 
 def test_wire_uses_short_keys_and_omits_none() -> None:
@@ -393,7 +397,7 @@ def test_stream_goes_on_after_bad_messages() -> None:
     ("header", "code"),
     [
         (b"\x00\x00\x00\x00", ErrorCode.MALFORMED),
-        ((MAX_LOBBY_FRAME + 1).to_bytes(4, "big"), ErrorCode.TOO_LARGE),
+        ((MAX_SKIPPABLE_FRAME + 1).to_bytes(4, "big"), ErrorCode.TOO_LARGE),
         (b"\xff\xff\xff\xff", ErrorCode.TOO_LARGE),
     ],
 )
@@ -425,12 +429,34 @@ def test_size_cap_is_checked_from_the_prefix_alone() -> None:
     dec = LobbyDecoder(Role.SERVER, max_frame=100)
     dec.feed(b"\x00\x00")
     assert dec.next_message() is None
-    with pytest.raises(LobbyFramingError) as info:
-        dec.feed(b"\x00\x65")  # 101: refused before a byte of body arrives
-    assert info.value.code is ErrorCode.TOO_LARGE
+    dec.feed(b"\x00\x65")  # 101: refused before a byte of body arrives
+    with pytest.raises(LobbyProtocolError) as info:
+        dec.next_message()
+    assert info.value.code is ErrorCode.TOO_LARGE and not info.value.fatal and not dec.broken
     ok = LobbyDecoder(Role.SERVER, max_frame=100)
     ok.feed(b"\x00\x00\x00\x64")
     assert ok.next_message() is None and not ok.broken
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+def test_oversized_frame_is_skipped_unbuffered_and_the_stream_goes_on(chunk: int) -> None:
+    dec = LobbyDecoder(Role.SERVER, max_frame=100)
+    big = (5000).to_bytes(4, "big") + b"\xaa" * 5000
+    stream = encode_message(Logout(rid=1)) + big + encode_message(GetRating(rid=2))
+    got: list[object] = []
+    for i in range(0, len(stream), chunk):
+        dec.feed(stream[i : i + chunk])
+        while True:
+            try:
+                msg = dec.next_message()
+            except LobbyProtocolError as exc:
+                got.append(exc.code)
+                continue
+            if msg is None:
+                break
+            got.append(msg)
+        assert len(dec._frames._buf) <= max(chunk, 110)  # never holds the oversized body
+    assert got == [Logout(rid=1), ErrorCode.TOO_LARGE, GetRating(rid=2)]
 
 
 def test_encoder_refuses_invalid_messages() -> None:
@@ -482,7 +508,9 @@ def test_rid_is_kept_on_field_errors_and_echoed() -> None:
     answer = error_for(exc)
     assert answer == Error(ErrorCode.BAD_FIELD, exc.message, "accept", 77)
     assert decode_all(encode_message(answer), Role.CLIENT) == [answer]
-    assert decode_error({"t": "nope", "rid": 5}).rid is None  # unknown type: nothing trusted
+    assert decode_error({"t": "nope", "rid": 5}).rid == 5  # unknown type: the rid still counts
+    assert decode_error({"rid": 6}).rid == 6
+    assert decode_error({"t": "nope", "rid": -1}).rid is None
 
 
 @given(client_messages, u32)
