@@ -357,6 +357,12 @@ class Allocator:
         events, self._events = self._events, []
         return events
 
+    def take_events(self) -> list[AllocationEvent]:
+        """The events queued by ``on_created``/``on_rejected`` since the last poll, without
+        ``poll``'s scan of every request (the shell calls this per reply, poll per deadline)."""
+        events, self._events = self._events, []
+        return events
+
     def next_deadline(self) -> float | None:
         """When ``poll`` can next change anything by itself (a timeout or a lease)."""
         times = [r.deadline for r in self._pending.values()]

@@ -430,7 +430,9 @@ class Matchmaker:
 
     def next_deadline(self) -> float | None:
         """When ``poll`` can next do something without new requests (None: nothing pending)."""
-        deadlines = [t for t, pid in self._expiries if pid in self._pending]
+        while self._expiries and self._expiries[0][1] not in self._pending:
+            heapq.heappop(self._expiries)  # settled proposals leave lazily: O(1) amortized
+        deadlines = [self._expiries[0][0]] if self._expiries else []
         if self._queued:
             deadlines.append(self._next_batch)
         return min(deadlines) if deadlines else None

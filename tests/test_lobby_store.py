@@ -304,6 +304,7 @@ def test_matches_in_progress(store: SqliteStore) -> None:
     assert store.match_for_player(7) is None
     assert [m.match_id for m in store.matches_on_host("host-a")] == [1, big]
     assert store.matches_on_host("host-c") == []
+    assert [m.match_id for m in store.matches_in_progress()] == [1, 2, big]
 
     with pytest.raises(PlayerInMatch):
         store.put_match(_record(3, "host-b", [6, 7]))

@@ -1,0 +1,504 @@
+"""Matches and room hosts: the lobby's side of the control channel. Part of the sans-IO core.
+
+`RoomDesk` takes accepted matches from the core, has the `Allocator` place each on a room host,
+stores the match in progress and sends every player MATCH_READY; it serves the room hosts'
+control connections (register, heartbeat, replies, room events) and turns a room's result
+into ratings and history. Decisions are in core.py's docstring.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from battle.config import RosterEntry
+from battle.control import (
+    ControlMessage,
+    ControlProtocolError,
+    CreateRoom,
+    Ping,
+    Pong,
+    Register,
+    Registered,
+    Rejected,
+    ResultAck,
+    RoomCreated,
+    RoomEvent,
+    RoomResult,
+    room_config_to_plain,
+)
+from battle.control import Heartbeat as HostHeartbeat
+from battle.ticket import KEY_SIZE, ClientKeys, issue_ticket
+from lobby import protocol as proto
+from lobby.allocation import (
+    AllocationEvent,
+    AllocationFailed,
+    Allocator,
+    CreateRequest,
+    HostDied,
+    HostLoss,
+    HostRegistry,
+    RoomAllocated,
+    StrayRoom,
+)
+from lobby.matchmaker import Proposal
+from lobby.outputs import CloseControl, Outbox, SendControl
+from lobby.ratings import Rating, rate_match
+from lobby.settings import LobbySettings
+from lobby.store import LobbyStore, MatchRecord, PlayerInMatch, StoreError
+
+
+@dataclass(slots=True)
+class _Host:
+    conn: int
+    host_id: str | None = None
+
+
+@dataclass(slots=True)
+class _Forming:
+    """An accepted match without a confirmed room yet."""
+
+    match_id: int
+    proposal: Proposal
+    roster: tuple[RosterEntry, ...]
+    seed: int
+    ticket_key: bytes
+    give_up_at: float
+    requested: bool = False
+
+
+class RoomDesk:
+    def __init__(
+        self,
+        settings: LobbySettings,
+        store: LobbyStore,
+        out: Outbox,
+        *,
+        now: float,
+        entropy: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.out = out
+        self._entropy = entropy
+        self.registry = HostRegistry(settings.host_lease)
+        self.allocator = Allocator(
+            self.registry,
+            create_timeout=settings.create_timeout,
+            max_attempts=settings.create_attempts,
+            first_id=self._random_u64() >> 16 or 1,
+        )
+        self._hosts: dict[int, _Host] = {}
+        self._host_conns: dict[str, int] = {}  # host id -> conn
+        self._forming: dict[int, _Forming] = {}  # match id -> accepted match
+        self._forming_player: dict[int, int] = {}  # player id -> match id
+        # Matches a previous run left in progress: their hosts get one lease to re-adopt them.
+        self._unclaimed = {m.match_id for m in store.matches_in_progress()}
+        self._claim_deadline: float | None = now + settings.host_lease if self._unclaimed else None
+
+    def next_deadline(self) -> float | None:
+        times = [t for t in (self.allocator.next_deadline(), self._claim_deadline) if t is not None]
+        times.extend(f.give_up_at for f in self._forming.values() if not f.requested)
+        return min(times, default=None)
+
+    def poll(self, now: float) -> None:
+        self._place_waiting(now)
+        self.run_allocator(now)
+        if self._claim_deadline is not None and now >= self._claim_deadline:
+            self._claim_deadline = None
+            for match_id in sorted(self._unclaimed):
+                record = self.store.match(match_id)
+                if record is not None:
+                    self._abort(record, "its room host did not come back after a lobby restart")
+            self._unclaimed.clear()
+
+    def in_match(self, player_id: int) -> bool:
+        """Playing, or accepted and waiting for a room."""
+        return (
+            player_id in self._forming_player or self.store.match_for_player(player_id) is not None
+        )
+
+    @property
+    def live_hosts(self) -> int:
+        return len(self._host_conns)
+
+    def start_match(self, p: Proposal, now: float) -> None:
+        """Everyone accepted: draw the match's id, seed and ticket key, and ask for a room."""
+        roster = tuple(
+            RosterEntry(slot, pid, team)
+            for slot, (team, pid) in enumerate(
+                (team, pid) for team, members in enumerate(p.teams) for pid in members
+            )
+        )
+        match_id = self._random_u64() >> 1 or 1  # fits a signed 64-bit column too
+        forming = _Forming(
+            match_id,
+            p,
+            roster,
+            self._random_u64(),
+            self._entropy(KEY_SIZE),
+            now + self.settings.allocation_wait,
+        )
+        self._forming[match_id] = forming
+        for pid in p.player_ids:
+            self._forming_player[pid] = match_id
+        self.out.count("matches_found")
+        self._request_room(forming, now)
+
+    def _place_waiting(self, now: float) -> None:
+        """Ask again for a room for each match still waiting for one (or give up on it)."""
+        for forming in sorted(self._forming.values(), key=lambda f: (f.give_up_at, f.match_id)):
+            if not forming.requested:
+                self._request_room(forming, now)
+
+    def _request_room(self, forming: _Forming, now: float) -> None:
+        request = self.allocator.allocate(forming.match_id, now)
+        if request is not None:
+            forming.requested = True
+            self._send_create(request, forming)
+        elif now >= forming.give_up_at:
+            self._fail_forming(forming, "no room host has a free room")
+
+    def _send_create(self, request: CreateRequest, forming: _Forming) -> None:
+        conn = self._host_conns.get(request.host_id)
+        self.out.count("rooms_requested")
+        if conn is None:
+            return  # its control connection is down: the request times out and is retried
+        self.out.append(
+            SendControl(
+                conn,
+                CreateRoom(
+                    request_id=request.request_id,
+                    room_id=request.room_id,
+                    match_id=forming.match_id,
+                    seed=forming.seed,
+                    roster=forming.roster,
+                    config=room_config_to_plain(self.settings.room),
+                    ticket_key=forming.ticket_key,
+                ),
+            )
+        )
+
+    def _fail_forming(self, forming: _Forming, why: str) -> None:
+        del self._forming[forming.match_id]
+        for pid in forming.proposal.player_ids:
+            self._forming_player.pop(pid, None)
+            self.out.push(pid, proto.MatchCancelled(forming.proposal.proposal_id, why, False))
+        self.out.count("matches_failed")
+        self.out.note("match_failed", "warning", match_id=forming.match_id, why=why)
+
+    # --- rooms ------------------------------------------------------------------------------------
+
+    def run_allocator(self, now: float) -> None:
+        """Expire leases and requests (a scan of all of them: on the timer only)."""
+        for event in self.allocator.poll(now):
+            self._on_allocation(event, now)
+
+    def _allocator_events(self, now: float) -> None:
+        """Act on what a reply just caused, without the full scan."""
+        for event in self.allocator.take_events():
+            self._on_allocation(event, now)
+
+    def _on_allocation(self, event: AllocationEvent, now: float) -> None:
+        if isinstance(event, CreateRequest):
+            forming = self._forming.get(event.match_id)
+            if forming is not None:
+                self._send_create(event, forming)
+        elif isinstance(event, RoomAllocated):
+            self._on_room_allocated(event, now)
+        elif isinstance(event, AllocationFailed):
+            forming = self._forming.get(event.match_id)
+            if forming is not None:
+                self._fail_forming(
+                    forming, f"no room could be created ({event.detail or event.reason})"
+                )
+        elif isinstance(event, HostDied):
+            self._on_host_died(event)
+        elif isinstance(event, StrayRoom):
+            self.out.note(
+                "stray_room",
+                "warning",
+                host_id=event.host_id,
+                request_id=event.request_id,
+                match_id=event.match_id,
+            )
+
+    def _on_room_allocated(self, event: RoomAllocated, now: float) -> None:
+        forming = self._forming.pop(event.match_id, None)
+        if forming is None:
+            return
+        for pid in forming.proposal.player_ids:
+            self._forming_player.pop(pid, None)
+        record = MatchRecord(
+            match_id=event.match_id,
+            mode=forming.proposal.mode,
+            host_id=event.host_id,
+            room_id=event.room_id,
+            udp_host=event.udp_address[0],
+            udp_port=event.udp_address[1],
+            tick_rate=self.settings.room.tick_rate,
+            ticket_key=forming.ticket_key,
+            roster=forming.roster,
+            started_at=now,
+        )
+        try:
+            self.store.put_match(record)
+        except PlayerInMatch:
+            self.allocator.on_match_ended(event.match_id)
+            self._fail_forming(forming, "a player is already in another match")
+            return
+        self.out.count("matches_started")
+        self.out.note(
+            "match_started",
+            match_id=record.match_id,
+            host_id=record.host_id,
+            room_id=record.room_id,
+            players=len(record.roster),
+        )
+        for entry in record.roster:
+            self.send_match_ready(record, entry.player_id, now)
+
+    def send_match_ready(self, record: MatchRecord, pid: int, now: float) -> None:
+        """MATCH_READY with a fresh ticket for the player's seat, if they are online."""
+        conn = self.out.online.get(pid)
+        seat = record.seat(pid)
+        if conn is None or seat is None:
+            return
+        ticket, keys = issue_ticket(
+            record.ticket_key,
+            record.match_id,
+            record.room_id,
+            pid,
+            seat.slot,
+            now + self.settings.ticket_lifetime,
+            team=seat.team,
+            nonce=self._entropy(12),
+            keys=ClientKeys(self._entropy(KEY_SIZE), self._entropy(KEY_SIZE)),
+        )
+        self.out.send(
+            conn,
+            proto.MatchReady(
+                record.match_id,
+                record.udp_host,
+                record.udp_port,
+                ticket,
+                keys.c2s,
+                keys.s2c,
+                seat.slot,
+                seat.team,
+                record.tick_rate,
+            ),
+        )
+
+    def _on_host_died(self, event: HostDied) -> None:
+        self.out.count("hosts_lost")
+        self.out.note(
+            "host_lost",
+            "warning",
+            host_id=event.host_id,
+            reason=str(event.reason),
+            matches=len(event.match_ids),
+        )
+        lost = set(event.match_ids)
+        if event.reason is not HostLoss.RESTARTED:
+            lost.update(m.match_id for m in self.store.matches_on_host(event.host_id))
+        for match_id in sorted(lost):
+            record = self.store.match(match_id)
+            if record is not None and record.host_id == event.host_id:
+                self._abort(record, "the room host was lost")
+
+    def _abort(self, record: MatchRecord, why: str) -> None:
+        self.store.end_match(record.match_id)
+        self.allocator.on_match_ended(record.match_id)
+        self._unclaimed.discard(record.match_id)
+        self.out.count("matches_aborted")
+        self.out.note(
+            "match_aborted", "warning", match_id=record.match_id, host_id=record.host_id, why=why
+        )
+        for entry in record.roster:
+            self.out.push(entry.player_id, proto.MatchAborted(record.match_id, why))
+
+    # --- room host connections --------------------------------------------------------------------
+
+    def host_connected(self, conn: int, now: float) -> None:
+        self._hosts[conn] = _Host(conn)
+
+    def host_closed(self, conn: int, now: float) -> None:
+        """The lease, not the connection, decides death: a host may reconnect in time."""
+        host = self._hosts.pop(conn, None)
+        if host is not None and host.host_id is not None:
+            if self._host_conns.get(host.host_id) == conn:
+                del self._host_conns[host.host_id]
+            self.out.note("host_disconnected", host_id=host.host_id)
+
+    def host_error(self, conn: int, exc: ControlProtocolError, now: float) -> None:
+        host = self._hosts.get(conn)
+        self.out.count("control_errors")
+        self.out.note(
+            "control_error", "warning", host_id=host.host_id if host else None, error=exc.reason
+        )
+        if exc.fatal:
+            self.out.append(CloseControl(conn, "broken framing"))
+        elif (
+            exc.message_type == "room_created"
+            and exc.request_id is not None
+            and host
+            and host.host_id
+        ):
+            self.allocator.on_rejected(host.host_id, exc.request_id, "bad reply", now)
+            self._allocator_events(now)
+
+    def host_message(self, conn: int, msg: ControlMessage, now: float) -> None:
+        host = self._hosts.get(conn)
+        if host is None:
+            return
+        if isinstance(msg, Register):
+            self._on_register(host, msg, now)
+            return
+        if host.host_id is None:
+            self.out.append(CloseControl(conn, "register first"))
+            return
+        host_id = host.host_id
+        if isinstance(msg, HostHeartbeat):
+            if not self.registry.heartbeat(
+                host_id, msg.load, msg.rooms, msg.players, msg.draining, now
+            ):
+                self.out.append(CloseControl(conn, "lease expired: register again"))
+            else:
+                self._place_waiting(now)  # it may have a free room now
+        elif isinstance(msg, RoomCreated):
+            self.allocator.on_created(host_id, msg.request_id, now, (msg.udp_host, msg.udp_port))
+            self._allocator_events(now)
+        elif isinstance(msg, Rejected):
+            self.allocator.on_rejected(host_id, msg.request_id, msg.reason, now)
+            self._allocator_events(now)
+        elif isinstance(msg, RoomResult):
+            self._on_result(conn, host_id, msg, now)
+        elif isinstance(msg, RoomEvent):
+            self.out.count(f"room_event_{msg.kind}")
+            self.out.note(
+                "room_event",
+                "warning" if msg.kind == "desync" else "info",
+                host_id=host_id,
+                match_id=msg.match_id,
+                kind=msg.kind,
+                frame=msg.frame,
+                slot=msg.slot,
+                detail=msg.detail,
+            )
+        elif isinstance(msg, Ping):
+            self.out.append(SendControl(conn, Pong(msg.nonce)))
+        elif isinstance(msg, Pong):
+            pass
+        else:
+            self.out.note("control_unexpected", "warning", host_id=host_id, type=type(msg).__name__)
+
+    def _on_register(self, host: _Host, msg: Register, now: float) -> None:
+        old = self._host_conns.get(msg.host_id)
+        if old is not None and old != host.conn:
+            self.out.append(CloseControl(old, "the same host registered again"))
+            self._hosts.pop(old, None)
+        host.host_id = msg.host_id
+        self._host_conns[msg.host_id] = host.conn
+        self.registry.register(
+            msg.host_id, msg.udp_host, msg.udp_port, msg.capacity, msg.load, msg.rooms, now
+        )
+        s = self.settings
+        self.out.append(
+            SendControl(host.conn, Registered(s.lobby_id, s.host_heartbeat_interval, s.host_lease))
+        )
+        self.out.count("host_registrations")
+        self.out.note(
+            "host_registered",
+            host_id=msg.host_id,
+            udp=f"{msg.udp_host}:{msg.udp_port}",
+            capacity=msg.capacity,
+            rooms=len(msg.rooms),
+        )
+        running = set(msg.rooms)
+        for record in self.store.matches_on_host(msg.host_id):
+            if record.room_id in running:
+                self._unclaimed.discard(record.match_id)
+            elif self.allocator.host_of(record.match_id) is None:
+                self._abort(record, "its room host restarted")
+        self.run_allocator(now)
+        self._place_waiting(now)  # matches waiting for a host need not wait for the next poll
+
+    def _on_result(self, conn: int, host_id: str, msg: RoomResult, now: float) -> None:
+        record = self.store.match(msg.match_id)
+        if record is None or record.host_id != host_id or record.room_id != msg.room_id:
+            self.out.count("results_unknown")  # a duplicate, or a match aborted meanwhile
+            self.out.append(SendControl(conn, ResultAck(msg.match_id)))
+            return
+        team_count = max(e.team for e in record.roster) + 1
+        teams = [[e.player_id for e in record.roster if e.team == t] for t in range(team_count)]
+        teams = [t for t in teams if t]
+        before = {pid: self.store.rating(pid) for team in teams for pid in team}
+        winner = msg.result.get("winner", "absent")
+        rated = (
+            msg.reason == "result"
+            and len(teams) >= 2
+            and (winner is None or (type(winner) is int and 0 <= winner < len(teams)))
+        )
+        after: dict[int, Rating] = dict(before)
+        if rated:
+            won = winner if isinstance(winner, int) else None
+            new = rate_match([[before[p] for p in team] for team in teams], won)
+            after = {
+                pid: r
+                for team, rs in zip(teams, new, strict=True)
+                for pid, r in zip(team, rs, strict=True)
+            }
+        stored = {
+            "reason": msg.reason,
+            "rated": rated,
+            "winner": winner if rated else None,
+            "frames": msg.frames,
+            "desyncs": msg.desyncs,
+            "room": msg.result,
+        }
+        try:
+            fresh = self.store.record_result(
+                msg.match_id, stored, teams, before, after, now, mode=record.mode
+            )
+        except (StoreError, ValueError) as exc:
+            self.out.note("result_not_recorded", "error", match_id=msg.match_id, error=str(exc))
+            return  # not acked: the host keeps it and sends it again
+        self.out.append(SendControl(conn, ResultAck(msg.match_id)))
+        self.allocator.on_match_ended(msg.match_id)
+        if not fresh:
+            return
+        self.out.count("results_recorded")
+        self.out.note(
+            "match_ended",
+            match_id=msg.match_id,
+            reason=msg.reason,
+            rated=rated,
+            winner=stored["winner"],
+            desyncs=msg.desyncs,
+        )
+        for index, team in enumerate(teams):
+            for pid in team:
+                self.out.push(
+                    pid,
+                    proto.MatchEnded(
+                        msg.match_id,
+                        outcome(stored, index),
+                        before[pid].ordinal,
+                        after[pid].ordinal,
+                    ),
+                )
+
+    def _random_u64(self) -> int:
+        return int.from_bytes(self._entropy(8), "big")
+
+
+def outcome(result: dict[str, object], team: int) -> str:
+    """The result as one player sees it: win, loss, draw or no_contest."""
+    if not result.get("rated"):
+        return "no_contest"
+    winner = result.get("winner")
+    if winner is None:
+        return "draw"
+    return "win" if winner == team else "loss"
