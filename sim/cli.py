@@ -47,6 +47,18 @@ def _room_host(args: argparse.Namespace) -> int:
     return run_room_host(args)
 
 
+def _lobby(args: argparse.Namespace) -> int:
+    from sim.lobbycmd import run_lobby  # noqa: PLC0415
+
+    return run_lobby(args)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from sim.lobbycmd import run_up  # noqa: PLC0415
+
+    return run_up(args)
+
+
 def _bench_capacity(args: argparse.Namespace) -> int:
     from sim.bench_capacity import run_capacity_bench  # noqa: PLC0415
 
@@ -119,7 +131,34 @@ def build_parser() -> argparse.ArgumentParser:
     host.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     host.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     host.add_argument("--stats-file", help="write counters and tick lateness here on exit")
+    host.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     host.set_defaults(func=_room_host)
+
+    from sim.lobbycmd import add_lobby_arguments, add_up_arguments  # noqa: PLC0415
+
+    up = sub.add_parser(
+        "up",
+        help="run a lobby and N room host processes on this machine (the main job)",
+        description=(
+            "Start a lobby node and room host child processes (one per core by default), "
+            "restart a host that crashes, and stop everything cleanly on SIGTERM or Ctrl-C "
+            "(hosts drain first; a second signal stops at once). No external services: state "
+            "lives in SQLite under the data directory."
+        ),
+    )
+    add_up_arguments(up)
+    up.set_defaults(func=_up)
+
+    lobby = sub.add_parser(
+        "lobby",
+        help="run one lobby node: accounts, queues, matchmaking, room allocation",
+        description=(
+            "Serve game clients (TCP, optional TLS) and room hosts (control channel). Settings "
+            "come from a TOML file (--config); the flags override it."
+        ),
+    )
+    add_lobby_arguments(lobby, data_dir=None)
+    lobby.set_defaults(func=_lobby)
 
     bench = sub.add_parser("bench", help="benchmarks (results go in docs/BENCHMARKS.md)")
     benches = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)

@@ -32,6 +32,15 @@ async def _watch_signals(host: RoomHost) -> None:
             host.request_drain("signal")
 
 
+async def _watch_parent(host: RoomHost, parent: int) -> None:
+    """Under `framesync up` the lobby is our parent: once it is gone, so is every player's
+    way back, and nobody is left to stop us (we run in our own session)."""
+    while os.getppid() == parent:
+        await trio.sleep(1.0)
+    structlog.get_logger("framesync.host").warning("parent_gone", parent=parent)
+    host.stop_now()
+
+
 async def _main(args: argparse.Namespace) -> int:
     bind: tuple[str, int] = args.bind
     settings = HostSettings(
@@ -48,6 +57,8 @@ async def _main(args: argparse.Namespace) -> int:
         nursery.start_soon(_watch_signals, host)
         if args.lobby:
             nursery.start_soon(ControlClient(host, args.lobby).run)
+        if args.parent_pid:
+            nursery.start_soon(_watch_parent, host, args.parent_pid)
         if args.metrics_port:
             start_metrics_server(args.metrics_port, lambda: host.metrics_snapshot, host.lateness)
         await host.wait_stopped()
