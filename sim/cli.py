@@ -86,6 +86,21 @@ def _bench_reconnect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_lobby(args: argparse.Namespace) -> int:
+    from sim.bench_lobby import BenchFailed, run_lobby_bench  # noqa: PLC0415
+
+    try:
+        report = run_lobby_bench(sessions=args.sessions, tickets=args.tickets, hold=args.hold)
+    except ValueError as exc:
+        print(f"framesync bench lobby: {exc}", file=sys.stderr)
+        return 2
+    except BenchFailed as exc:
+        print(f"framesync bench lobby: the run failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.render())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="framesync",
@@ -187,6 +202,20 @@ def build_parser() -> argparse.ArgumentParser:
     reconnect.add_argument("--repeats", type=int, default=5, help="runs per case (median)")
     reconnect.add_argument("--json", action="store_true")
     reconnect.set_defaults(func=_bench_reconnect)
+    lobby_bench = benches.add_parser(
+        "lobby",
+        help="one lobby process: sessions held with heartbeats, 5v5 tickets matched per second",
+        description=(
+            "Start a lobby, open --sessions client sessions and hold them with heartbeats, then "
+            "queue --tickets of them for 5v5 and accept every ready check. Rooms are stubbed: "
+            "a fake room host answers every CreateRoom at once."
+        ),
+    )
+    lobby_bench.add_argument("--sessions", type=int, default=10_000)
+    lobby_bench.add_argument("--tickets", type=int, default=10_000, help="a multiple of 10")
+    lobby_bench.add_argument("--hold", type=float, default=30.0, help="seconds to hold sessions")
+    lobby_bench.add_argument("--json", action="store_true")
+    lobby_bench.set_defaults(func=_bench_lobby)
     return parser
 
 
