@@ -11,20 +11,24 @@ from battle import __version__
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if not args.virtual:
+        from sim.botscmd import run_bots_command  # noqa: PLC0415 - keep `framesync --help` fast
+
+        return run_bots_command(args, demo=True)
     if not 3 <= args.seconds <= 86_400 or not 0 <= args.loss < 100 or args.rtt < 0:
         print(
             "framesync demo: need 3 <= --seconds <= 86400, 0 <= --loss < 100, --rtt >= 0",
             file=sys.stderr,
         )
         return 2
-    from sim.demo import run_demo  # noqa: PLC0415 - keep `framesync --help` fast
+    from sim.demo import run_demo  # noqa: PLC0415
 
     summary = run_demo(
         seed=args.seed,
         players=args.players,
         seconds=args.seconds,
         tick_rate=args.hz,
-        rtt=args.rtt / 1000,
+        rtt=(args.rtt or 70.0) / 1000,  # a virtual path needs some delay to show anything
         loss=args.loss / 100,
     )
     if args.json:
@@ -32,6 +36,18 @@ def _demo(args: argparse.Namespace) -> int:
     else:
         print(summary.render())
     return 0 if summary.ok else 1
+
+
+def _bots(args: argparse.Namespace) -> int:
+    from sim.botscmd import run_bots_command  # noqa: PLC0415
+
+    return run_bots_command(args)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from sim.replaycmd import run_replay  # noqa: PLC0415
+
+    return run_replay(args)
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -111,20 +127,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="play one match in memory on virtual time over an impaired network",
+        help="framesync up plus 10 bots playing one 5v5 match with 5%% loss; prints a summary",
         description=(
-            "Run a whole match (room core, clients, seeded impaired network) on virtual "
-            "time and print what every client saw. No sockets, no services."
+            "Start `framesync up` (a lobby and two room hosts on loopback), run ten bots through "
+            "login, queue, ready check and one 60-second 5v5 match of the reference game with 5%% "
+            "loss each way and one bot's cable pulled every 20 s, and print what they saw. "
+            "With --virtual: one match of the room core and clients in memory on virtual time."
         ),
     )
-    demo.add_argument("--seed", type=int, default=1, help="seed for keys, inputs and network")
-    demo.add_argument("--players", type=int, default=10, choices=range(1, 33), metavar="N")
-    demo.add_argument("--seconds", type=float, default=60.0, help="match length (virtual, >= 3)")
-    demo.add_argument("--hz", type=int, default=15, choices=range(10, 61), metavar="HZ")
-    demo.add_argument("--rtt", type=float, default=70.0, help="round-trip time, ms")
-    demo.add_argument("--loss", type=float, default=5.0, help="random loss each way, percent")
-    demo.add_argument("--json", action="store_true", help="print the summary as JSON")
-    demo.set_defaults(func=_demo)
+    demo.add_argument(
+        "--virtual", action="store_true", help="in memory on virtual time: no sockets, no processes"
+    )
+    demo.add_argument("--players", type=int, default=10, choices=range(1, 33), metavar="N",
+                      help="--virtual: players")  # fmt: skip
+    demo.add_argument("--hz", type=int, default=15, choices=range(10, 61), metavar="HZ",
+                      help="--virtual: tick rate")  # fmt: skip
+    demo.add_argument("--hosts", type=int, default=2, help="room host processes")
+    demo.add_argument("--data-dir", default="data/demo", help="up's data: input logs, dumps")
+    demo.set_defaults(func=_demo, up=True, lobby=None)
+    from sim.botscmd import add_bot_arguments  # noqa: PLC0415
+
+    add_bot_arguments(demo, demo=True)
+
+    bots = sub.add_parser(
+        "bots",
+        help="headless bots playing whole matches against a lobby (or their own `up`)",
+        description=(
+            "Bots log in, queue, accept and play whole matches of the reference game over real "
+            "UDP, with optional network impairment, cable pulls and desync injection; then a "
+            "summary (--json for machines). Exit status 0 only if every match completed, no "
+            "error happened, and desyncs were detected exactly when injected."
+        ),
+    )
+    bots.add_argument("--lobby", type=_address, help="a lobby's client HOST:PORT")
+    bots.add_argument("--up", action="store_true", help="start `framesync up` for the run")
+    bots.add_argument("--hosts", type=int, default=2, help="--up: room host processes")
+    bots.add_argument("--data-dir", help="--up: where up keeps its data (default: a temp dir)")
+    add_bot_arguments(bots)
+    bots.set_defaults(func=_bots)
+
+    replay = sub.add_parser(
+        "replay",
+        help="inspect, verify and diff input logs (the desync debugging tool)",
+        description="Re-run matches from their input logs with the reference game.",
+    )
+    from sim.replaycmd import add_replay_arguments  # noqa: PLC0415
+
+    add_replay_arguments(replay)
+    replay.set_defaults(func=_replay)
 
     host = sub.add_parser(
         "room-host",

@@ -38,7 +38,9 @@ def test_no_command_prints_help_and_fails() -> None:
 
 
 def test_demo_json_reports_an_exact_match() -> None:
-    result = _framesync("demo", "--seconds", "8", "--players", "4", "--loss", "10", "--json")
+    result = _framesync(
+        "demo", "--virtual", "--seconds", "8", "--players", "4", "--loss", "10", "--json"
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["ok"] is True
@@ -48,6 +50,6 @@ def test_demo_json_reports_an_exact_match() -> None:
 
 
 def test_demo_rejects_bad_arguments() -> None:
-    result = _framesync("demo", "--players", "0")
+    result = _framesync("demo", "--virtual", "--players", "0")
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
