@@ -42,6 +42,7 @@ from battle.messages import (
     encode_disconnect,
     encode_snapshot_chunk,
 )
+from battle.redundancy import CopySchedule, overdue_share
 from battle.reliability import LinkStats, ReceivedTracker, SentTracker
 from battle.sealing import SessionCipher, derive_session_keys
 from battle.session import Address
@@ -158,6 +159,8 @@ class ClientConnection:
         self._connect_timeout = connect_timeout
         self._resend = resend_interval
         self._send_interval = resend_interval
+        self._copies = CopySchedule()
+        """Spaced extra updates while the link to the room loses much (redundancy.py)."""
         self._timeout = connect_timeout
         self._last_send = -1e18
         self._last_recv = now
@@ -281,7 +284,9 @@ class ClientConnection:
         if self.state is ClientState.DISCONNECTED:
             return None
         if self.state is ClientState.CONNECTED:
-            return min(self._last_send + self._send_interval, self._last_recv + self._timeout)
+            deadline = min(self._last_send + self._send_interval, self._last_recv + self._timeout)
+            due = self._copies.due
+            return deadline if due is None else min(deadline, due)
         return min(self._last_send + self._resend, self._started + self._connect_timeout)
 
     # -- input ---------------------------------------------------------------------------
@@ -481,6 +486,8 @@ class ClientConnection:
                 self._close("timed_out")
             elif now >= self._last_send + self._send_interval:
                 self._send_update(now)
+            elif self._copies.take(now):
+                self._send_copy(now)
             return
         if now >= self._started + self._connect_timeout:
             self._close("connect_timeout")
@@ -499,7 +506,17 @@ class ClientConnection:
         self._last_send = now
         self._outbox.append((datagram, self.server))
 
-    def _send_update(self, now: float) -> None:
+    def _send_copy(self, now: float) -> None:
+        """A spaced extra update carrying the inputs still unacked; it does not move the
+        regular cadence, which stays anchored to the last regular update."""
+        if not self._unacked:
+            self._copies.cancel()  # all acknowledged meanwhile: nothing to cover
+            return
+        last_send = self._last_send
+        self._send_update(now, copy=True)
+        self._last_send = last_send
+
+    def _send_update(self, now: float, *, copy: bool = False) -> None:
         inputs: list[bytes] = []
         budget = _INPUT_BUDGET
         first = self._unacked[0][0] if self._unacked else self._next_seq
@@ -539,6 +556,18 @@ class ClientConnection:
             else:
                 hashes.pop()
         self._emit_sealed(PacketType.CLIENT_UPDATE, body, now)
+        if copy:
+            return
+        if inputs:
+            interval = self._send_interval
+            # Updates from the room that do not acknowledge ours show a loss run on the way
+            # up before any hole does (the room does not do this: a peer that stops
+            # acknowledging is usually gone, and catch-up covers a far-behind one).
+            heard = now - self._last_recv <= 2 * interval
+            overdue = overdue_share(self._sent, now, interval) if heard else 0.0
+            self._copies.arm(now, self._sent, interval, overdue=overdue)
+        elif self._copies.due is not None:
+            self._copies.cancel()
         self._send_upload(now)
 
     def _send_upload(self, now: float) -> None:

@@ -12,6 +12,7 @@ from battle.catchup import CatchupStream, SnapshotAssembler
 from battle.config import RosterEntry
 from battle.events import Event
 from battle.frames import FrameInput
+from battle.redundancy import CopySchedule
 from battle.session import Address, Session
 
 
@@ -41,6 +42,7 @@ class Peer:
     __slots__ = (
         "catchup",
         "catchup_started",
+        "copies",
         "entry",
         "frame_ack",
         "hash_ack",
@@ -79,3 +81,5 @@ class Peer:
         self.tail_key: tuple[object, ...] = ()
         self.tail = b""
         """SERVER_UPDATE's last fields, encoded; re-encoded only when tail_key changes."""
+        self.copies = CopySchedule()
+        """Spaced extra updates planned while this peer's link loses much (redundancy.py)."""

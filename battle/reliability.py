@@ -15,6 +15,10 @@ ACK_BITS = 32
 _SENT_HISTORY = 256
 _LOSS_GAIN = 0.05
 """EWMA gain of the loss estimate: about the last 20 packets' worth of memory."""
+_HOLE_AFTER = 3
+"""A packet is a hole in the ack field once this many later ones were acknowledged."""
+_SLOW_LOSS_GAIN = 0.01
+"""Gain of the steadier estimate (about 100 packets), which redundancy decisions also read."""
 
 
 class ReceivedTracker:
@@ -65,13 +69,30 @@ class SentTracker:
     a pass over those rather than over all 32 ack bits.
     """
 
-    __slots__ = ("_in_flight", "acked", "jitter", "loss", "lost", "rtt", "sent")
+    __slots__ = (
+        "_in_flight",
+        "acked",
+        "jitter",
+        "loss",
+        "lost",
+        "recent_loss",
+        "rtt",
+        "sent",
+        "slow_loss",
+    )
 
     def __init__(self) -> None:
         self._in_flight: dict[int, float] = {}
         self.rtt = 0.0
         self.jitter = 0.0
         self.loss = 0.0
+        self.slow_loss = 0.0
+        """Like `loss` with a longer memory: it does not dip between the losses of a link
+        that keeps losing a few percent, which `loss` (20 packets) does."""
+        self.recent_loss = 0.0
+        """Share of the ACK_BITS packets before the newest ack that are missing although
+        three later ones arrived: seen within a few packets of a loss, where `loss` and
+        `lost` wait until the packet leaves the ack field."""
         self.sent = 0
         self.acked = 0
         self.lost = 0
@@ -88,6 +109,7 @@ class SentTracker:
     def _on_lost(self) -> None:
         self.lost += 1
         self.loss += (1.0 - self.loss) * _LOSS_GAIN
+        self.slow_loss += (1.0 - self.slow_loss) * _SLOW_LOSS_GAIN
 
     def on_ack(self, ack: int, bits: int, ack_delay_us: int, now: float) -> None:
         in_flight = self._in_flight
@@ -103,6 +125,7 @@ class SentTracker:
                 self.jitter += (abs(sample - self.rtt) - self.jitter) * 0.25
                 self.rtt += (sample - self.rtt) * 0.125
         horizon = ack - ACK_BITS
+        holes = 0
         for seq in list(in_flight):
             if seq > ack:
                 break  # sent after what the peer has seen: still in flight
@@ -110,10 +133,26 @@ class SentTracker:
                 del in_flight[seq]
                 self.acked += 1
                 self.loss -= self.loss * _LOSS_GAIN
+                if self.slow_loss:
+                    self.slow_loss -= self.slow_loss * _SLOW_LOSS_GAIN
             elif seq < horizon:
                 # Older than the ack field can describe: it will never be acknowledged.
                 del in_flight[seq]
                 self._on_lost()
+            elif ack - seq >= _HOLE_AFTER:
+                holes += 1
+        if holes or self.recent_loss:
+            self.recent_loss = holes / ACK_BITS
+
+    def overdue(self, now: float, age: float) -> int:
+        """Packets still unacknowledged that were sent more than `age` seconds ago."""
+        cutoff = now - age
+        count = 0
+        for sent_at in self._in_flight.values():  # in send order
+            if sent_at > cutoff:
+                break
+            count += 1
+        return count
 
     def stats(self) -> LinkStats:
         return LinkStats(self.rtt, self.jitter, self.loss, self.sent, self.acked, self.lost)

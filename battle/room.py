@@ -120,6 +120,8 @@ class Room:
         self._chunks = ChunkCache()
         self._pump_at: float | None = None
         """Next catch-up pacing step while any peer is catching up."""
+        self._copy_at: float | None = None
+        """Next spaced copy of an update to a peer on a lossy link (redundancy.py)."""
         self.referee = Referee(room_id, match_id, len(self.roster), config, sink)
 
     # -- queries -------------------------------------------------------------------------
@@ -153,6 +155,8 @@ class Room:
             deadline = min(self._next_tick, self.started_at + self.config.max_duration)
             if self._empty_since is not None:
                 deadline = min(deadline, self._empty_since + self.config.empty_timeout)
+            if self._copy_at is not None:
+                deadline = min(deadline, self._copy_at)
         elif self.state is RoomState.WAITING:
             deadline = min(self.created_at + self.config.start_timeout, self._next_heartbeat)
         elif self.finished:
@@ -373,6 +377,8 @@ class Room:
                 self._next_heartbeat = now + self.config.heartbeat_interval
         if self.state is RoomState.RUNNING:
             self._run(now)
+            if self._copy_at is not None and now >= self._copy_at:
+                self._send_copies(now)
         elif self.state is RoomState.ENDED:
             self._linger(now)
 
@@ -400,7 +406,7 @@ class Room:
                 self._next_tick = now + self._interval
                 break
         if closed:
-            self._broadcast(now)
+            self._broadcast(now, arm_copies=True)
             self._judge(now)
         if self.state is not RoomState.RUNNING:
             return
@@ -442,10 +448,51 @@ class Room:
         self._sink.stats["frames_closed"] += 1
         self._sink.events.append(FrameClosed(self.room_id, frame, now))
 
-    def _broadcast(self, now: float) -> None:
+    def _broadcast(self, now: float, *, arm_copies: bool = False) -> None:
+        """One update to every live session; after a frame closes (`arm_copies`), peers whose
+        link measured much loss also get spaced copies planned (redundancy.py)."""
+        copy_at: float | None = None
         for peer in self.peers:
-            if peer.status is PeerStatus.CONNECTED and peer.session is not None:
-                self._send_update(peer, peer.session, now)
+            session = peer.session
+            if peer.status is not PeerStatus.CONNECTED or session is None:
+                continue
+            self._send_update(peer, session, now)
+            if not arm_copies:
+                continue
+            sent = session.sent
+            if sent.lost or sent.recent_loss:  # never anything lost: nothing to decide
+                if peer.catchup is None:
+                    due = peer.copies.arm(now, sent, self._interval)
+                    if due is not None and (copy_at is None or due < copy_at):
+                        copy_at = due
+                else:
+                    peer.copies.cancel()
+        if arm_copies:
+            self._copy_at = copy_at
+
+    def _send_copies(self, now: float) -> None:
+        """Send the spaced copies that are due: fresh updates with whatever is still unacked."""
+        copy_at: float | None = None
+        last = len(self.encoded_frames)
+        for peer in self.peers:
+            copies = peer.copies
+            if copies.due is None:
+                continue
+            session = peer.session
+            if (
+                session is None
+                or peer.status is not PeerStatus.CONNECTED
+                or peer.catchup is not None
+                or peer.frame_ack >= last  # everything arrived: nothing to cover
+            ):
+                copies.cancel()
+                continue
+            if copies.take(now):
+                self._send_update(peer, session, now)
+                self._sink.stats["update_copies"] += 1
+            if copies.due is not None and (copy_at is None or copies.due < copy_at):
+                copy_at = copies.due
+        self._copy_at = copy_at
 
     def _send_update(self, peer: Peer, session: Session, now: float) -> None:
         last = len(self.encoded_frames)
@@ -651,6 +698,7 @@ class Room:
         self.state = RoomState.ENDED
         self.end_reason = reason
         self.deadline_moved = True
+        self._copy_at = None
         self._linger_until = now + self.config.end_linger
         self._next_tick = now + self._interval
         self._sink.events.append(RoomEnded(self.room_id, self.last_frame, reason))
