@@ -102,6 +102,26 @@ def _bench_reconnect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_loss(args: argparse.Namespace) -> int:
+    from sim.bench_loss import run_loss_bench  # noqa: PLC0415
+
+    try:
+        report = run_loss_bench(
+            seconds=args.seconds,
+            seeds=args.seeds,
+            seed=args.seed,
+            players=args.players,
+            hz=args.hz,
+            input_chance=args.input_chance,
+            with_kcp=not args.no_kcp,
+        )
+    except ValueError as exc:
+        print(f"framesync bench loss: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.render())
+    return 0 if report.all_echoed else 1
+
+
 def _bench_lobby(args: argparse.Namespace) -> int:
     from sim.bench_lobby import BenchFailed, run_lobby_bench  # noqa: PLC0415
 
@@ -252,6 +272,28 @@ def build_parser() -> argparse.ArgumentParser:
     reconnect.add_argument("--repeats", type=int, default=5, help="runs per case (median)")
     reconnect.add_argument("--json", action="store_true")
     reconnect.set_defaults(func=_bench_reconnect)
+    loss = benches.add_parser(
+        "loss",
+        help="input→frame echo latency under loss, beside the same stream over KCP",
+        description=(
+            "On virtual time (seeded, no sockets): RTT 30/50/70 ms × random loss 1-10 % "
+            "each way, plus one burst-loss case. Reports average, p99 and share over "
+            "300 ms of input→frame echo latency, and bytes per player per second, for "
+            "framesync and for KCP in turbo mode (needs the optional `kcp` package: "
+            "pip install 'framesync[bench]'; skipped without it)."
+        ),
+    )
+    loss.add_argument("--seconds", type=float, default=60.0, help="virtual seconds of inputs")
+    loss.add_argument("--seeds", type=int, default=5, help="matches per case")
+    loss.add_argument("--seed", type=int, default=1, help="first seed")
+    loss.add_argument("--players", type=int, default=10)
+    loss.add_argument("--hz", type=int, default=15, choices=range(10, 61), metavar="HZ")
+    loss.add_argument(
+        "--input-chance", type=float, default=0.5, help="chance of an input per game tick"
+    )
+    loss.add_argument("--no-kcp", action="store_true", help="framesync only")
+    loss.add_argument("--json", action="store_true")
+    loss.set_defaults(func=_bench_loss)
     lobby_bench = benches.add_parser(
         "lobby",
         help="one lobby process: sessions held with heartbeats, 5v5 tickets matched per second",
