@@ -11,6 +11,7 @@ from pathlib import Path
 import structlog
 import trio
 
+from battle.gctune import tune_gc
 from battle.host import HostSettings, RoomHost
 from battle.hostcontrol import ControlClient
 from battle.logsetup import configure_logging
@@ -85,6 +86,7 @@ def _write_stats(host: RoomHost, path: Path) -> None:
 
 def run_room_host(args: argparse.Namespace) -> int:
     configure_logging(json=args.log_json, level=args.log_level)
+    tune_gc()
     profile_path = os.environ.get("FRAMESYNC_PROFILE")
     try:
         if not profile_path:
