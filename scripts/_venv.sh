@@ -9,6 +9,12 @@ fi
 STAMP="$VENV/.framesync-installed${EXTRAS:+-$EXTRAS}"
 if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
     "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-    "$VENV/bin/python" -m pip install --quiet -e "$ROOT${EXTRAS:+[$EXTRAS]}"
+    # The build backend's notices would bury the job's own output: keep them in a log, and
+    # show it only if the install fails.
+    if ! "$VENV/bin/python" -m pip install --quiet -e "$ROOT${EXTRAS:+[$EXTRAS]}" \
+        >"$VENV/install.log" 2>&1; then
+        cat "$VENV/install.log" >&2
+        exit 1
+    fi
     touch "$STAMP"
 fi
