@@ -191,6 +191,16 @@ class ResultAck:
 
 
 @dataclass(frozen=True, slots=True)
+class EndRoom:
+    """Lobby → host: end this room now (the lobby will not use it, e.g. a late reply made it a
+    second room for its match). Ignored unless room and match both match a running room."""
+
+    room_id: int
+    match_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Drain:
     """Lobby → host: take no new rooms; running rooms finish normally."""
 
@@ -217,6 +227,7 @@ ControlMessage = (
     | RoomEvent
     | RoomResult
     | ResultAck
+    | EndRoom
     | Drain
     | Ping
     | Pong
@@ -326,6 +337,7 @@ _SPECS: dict[str, _Spec] = {
         RoomResult, match=_u64, room=_u64, result=_str_map, dis=_array(_u8), frames=_u64,
         why=_free, desyncs=_u32),
     "result_ack": _spec(ResultAck, match=_u64),
+    "end_room": _spec(EndRoom, room=_u64, match=_u64, why=_free),
     "drain": _spec(Drain, why=_free),
     "ping": _spec(Ping, n=_u64),
     "pong": _spec(Pong, n=_u64),

@@ -227,6 +227,22 @@ class RoomHost:
 
     # -- rooms ---------------------------------------------------------------------------
 
+    def end_room(self, room_id: int, match_id: int, reason: str) -> bool:
+        """End a room the lobby will not use (END_ROOM); False unless it names a running room
+        of that match. Its players are told, its log ends with "cancelled", and its result
+        (no winner) still goes to the lobby like any other."""
+        record = self.records.get(room_id)
+        if record is None or record.room.match_id != match_id:
+            return False
+        if record.room.state is RoomState.ENDED:
+            return False
+        now = trio.current_time()
+        record.log.info("room_cancelled", reason=reason)
+        record.room.end("cancelled", now)
+        self._process(now)
+        self._wakeup.set()
+        return True
+
     def create_room(self, request: CreateRoom) -> ControlMessage:
         """Handle CREATE_ROOM: idempotent for the same match, rejected when it cannot be run."""
         core = self.core

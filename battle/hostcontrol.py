@@ -21,6 +21,7 @@ from battle.control import (
     ControlProtocolError,
     CreateRoom,
     Drain,
+    EndRoom,
     Heartbeat,
     Ping,
     Pong,
@@ -187,6 +188,9 @@ class ControlClient:
             await send(Pong(message.nonce))
         elif isinstance(message, Drain):
             host.request_drain(message.reason)
+        elif isinstance(message, EndRoom):
+            if not host.end_room(message.room_id, message.match_id, message.reason):
+                self._log.info("end_room_ignored", room_id=message.room_id)
         elif isinstance(message, Pong | Registered):
             pass
         else:

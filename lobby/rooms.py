@@ -17,6 +17,7 @@ from battle.control import (
     ControlMessage,
     ControlProtocolError,
     CreateRoom,
+    EndRoom,
     Ping,
     Pong,
     Register,
@@ -369,7 +370,13 @@ class RoomDesk:
                 self._place_waiting(now)  # it may have a free room now
         elif isinstance(msg, RoomCreated):
             self.allocator.on_created(host_id, msg.request_id, now, (msg.udp_host, msg.udp_port))
-            self._allocator_events(now)
+            for event in self.allocator.take_events():
+                if isinstance(event, StrayRoom) and event.match_id is not None:
+                    # A late reply: the match went elsewhere. No ticket names this room, but
+                    # it would wait for players until its start timeout: end it now.
+                    why = "the lobby placed this match on another room"
+                    self.out.append(SendControl(conn, EndRoom(msg.room_id, event.match_id, why)))
+                self._on_allocation(event, now)
         elif isinstance(msg, Rejected):
             self.allocator.on_rejected(host_id, msg.request_id, msg.reason, now)
             self._allocator_events(now)

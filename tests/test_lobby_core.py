@@ -18,6 +18,7 @@ from battle.control import (
     ControlMessage,
     ControlProtocolError,
     CreateRoom,
+    EndRoom,
     Ping,
     Pong,
     Register,
@@ -1006,6 +1007,27 @@ def test_a_rejected_room_is_retried_on_another_host() -> None:
         check_ticket(second, ready, p.pid, lobby.now)
     record = lobby.store.match(first.match_id)
     assert record is not None and (record.host_id, record.room_id) == ("h2", second.room_id)
+
+
+def test_a_late_reply_after_a_timeout_gets_its_stray_room_ended() -> None:
+    lobby = Lobby()
+    h1, _ = lobby.host("h1", capacity=4)
+    h2, _ = lobby.host("h2", capacity=2)
+    a, b = lobby.players(2)
+    proposal = lobby.propose([a, b], "1v1")
+    (first,) = of_type(controls(lobby.accept_all([a, b], proposal), h1), CreateRoom)
+    for _ in range(2):  # the request times out; the hosts stay alive
+        lobby.at(lobby.settings.create_timeout / 2)
+        lobby.beat(h1, load=0)
+        lobby.beat(h2, load=0)
+    (second,) = of_type(controls(lobby.poll(), h2), CreateRoom)
+    lobby.to_host(h2, RoomCreated(second.request_id, second.room_id, *UDP))
+    outs = lobby.to_host(h1, RoomCreated(first.request_id, first.room_id, *UDP))
+    (end,) = of_type(controls(outs, h1), EndRoom)
+    assert (end.room_id, end.match_id) == (first.room_id, first.match_id)
+    assert [o for o in outs if isinstance(o, Send)] == []  # the players keep their room
+    record = lobby.store.match(first.match_id)
+    assert record is not None and record.room_id == second.room_id
 
 
 def test_an_unreadable_room_created_counts_as_a_rejection() -> None:

@@ -21,7 +21,7 @@ import trio
 from hostkit import ControlServer, control_server, raw_frame, start_host, stop_host, ticket_for
 
 from battle.config import RoomConfig
-from battle.control import Rejected, RoomCreated, room_config_to_plain
+from battle.control import EndRoom, Rejected, RoomCreated, encode_message, room_config_to_plain
 from battle.inputlog import (
     EndRecord,
     LogContents,
@@ -640,3 +640,34 @@ async def test_garbage_flood_does_not_disturb_a_running_match(tmp_path: Path) ->
     _check_complete_log(contents, clients)
     kinds = [r.kind for r in contents.records if isinstance(r, PlayerEvent)]
     assert kinds == [PlayerEventKind.CONNECTED] * 2
+
+
+async def test_end_room_ends_only_the_named_room_of_that_match(tmp_path: Path) -> None:
+    """The lobby ends a room it will not use (a late reply made it a stray): its players are
+    closed, its log ends "cancelled", and its result still reaches the lobby."""
+    async with control_server() as lobby:
+        host = start_host(lobby.port, tmp_path)
+        try:
+            server = await lobby.wait_ready()
+            stop = trio.Event()
+            async with trio.open_nursery() as nursery:
+                clients = await _start_match(nursery, lobby, server, 21, 2121, stop)
+                await _frames_at_least(clients, HZ)
+                assert lobby.stream is not None
+                await lobby.stream.send_all(encode_message(EndRoom(21, 9999, "wrong match")))
+                seen = min(len(c.frames) for c in clients)
+                await _frames_at_least(clients, seen + HZ)  # ignored: the room plays on
+                assert not lobby.results
+                await lobby.stream.send_all(encode_message(EndRoom(21, 2121, "stray")))
+                await lobby.wait_for(lambda: any(r.match_id == 2121 for r in lobby.results), 15)
+                with trio.fail_after(10):
+                    for client in clients:
+                        await client.wait_closed()
+                stop.set()
+        finally:
+            stop_host(host)
+    (result,) = [r for r in lobby.results if r.match_id == 2121]
+    assert result.reason == "cancelled" and result.result == {}
+    contents = _match_log(tmp_path, 2121, 21)
+    end = [r for r in contents.records if isinstance(r, EndRecord)]
+    assert [e.reason for e in end] == ["cancelled"]
