@@ -150,11 +150,14 @@ async def test_tcp_drop_relogin_gets_a_working_ticket_and_a_killed_host_is_repor
                 # and the room accepts the new ticket for the same slot.
                 dropped = 0
                 first = readies[dropped]
+                session = clients[dropped].logged_in
+                assert session is not None
                 await clients[dropped].aclose()
                 battles[dropped].go_silent(True)
                 port = up.ports()["client_port"]
                 async with open_lobby_client("127.0.0.1", port) as again:
-                    await again.login_device(f"p-{dropped}")
+                    resumed = await again.resume(session.session_token)  # no password again
+                    assert resumed.player_id == session.player_id
                     fresh = await again.wait_for(MatchReady, timeout=10)
                     assert (fresh.match_id, fresh.slot, fresh.team) == (
                         first.match_id,
