@@ -111,6 +111,96 @@ _CATCHUP_ACK_DELAY = 0.01
 _MAX_PENDING_HASHES = 1024
 _UPLOAD_CHUNKS_PER_SEND = 8
 _UPLOAD_RETRY = 1.0
+RECEIVE_HORIZON = 64
+"""A room packet still absent once one this many sequence numbers later has arrived counts
+as missing; reordering within that distance is not loss."""
+RECEIVE_LOSS_GAIN = 0.05
+"""EWMA gain of the receive loss share, like the send side's: about the last 20 packets."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiveStats:
+    """Loss on the way from the room, from the sequence numbers of its sealed packets."""
+
+    received: int
+    """Sealed packets from the room that authenticated (repeats are dropped before this)."""
+    missing: int
+    """Sequence numbers the room used that have not arrived, although one RECEIVE_HORIZON
+    later did."""
+    late: int
+    """Packets that arrived after being counted missing (they no longer count in `missing`)."""
+    loss: float
+    """Smoothed share of the room's recent packets that are missing, 0..1."""
+
+
+class ReceiveLossMeter:
+    """Received and missing packets of one session, in O(1) per packet.
+
+    The room numbers its sealed packets 1, 2, 3... in each session. A number is judged once
+    the newest received is RECEIVE_HORIZON above it: received, or missing. A packet that
+    arrives after that is counted late and taken back out of `missing` and of the share, so
+    reordering is not loss however deep. Each number must be fed at most once (the replay
+    window drops repeats); a repeat within the horizon is ignored.
+    """
+
+    __slots__ = ("_bits", "_newest", "late", "loss", "missing", "received")
+
+    def __init__(self) -> None:
+        self._newest = 0
+        self._bits = (1 << RECEIVE_HORIZON) - 1
+        """Bit i: number `_newest - i` arrived. Numbers below 1 count as arrived: the room
+        never sends them."""
+        self.received = 0
+        self.missing = 0
+        self.late = 0
+        self.loss = 0.0
+
+    def on_receive(self, seq: int) -> None:
+        newest = self._newest
+        if seq > newest:
+            shift = seq - newest
+            bits = self._bits
+            if shift <= RECEIVE_HORIZON:
+                bits <<= shift
+                arrived = (bits >> RECEIVE_HORIZON).bit_count()
+                self._bits = (bits | 1) & ((1 << RECEIVE_HORIZON) - 1)
+            else:  # every number in the window and every one skipped is judged now
+                arrived = bits.bit_count()
+                self._bits = 1
+            self._newest = seq
+            self.received += 1
+            # Judged now: numbers newest - H + 1 to seq - H; those below 1 never existed.
+            judged = max(0, seq - RECEIVE_HORIZON) - max(0, newest - RECEIVE_HORIZON)
+            if judged:
+                self._judge(judged, shift - arrived)
+        elif seq > newest - RECEIVE_HORIZON:
+            bit = 1 << (newest - seq)
+            if not self._bits & bit:
+                self._bits |= bit
+                self.received += 1
+        elif seq > 0:
+            # Counted missing already: take it back, from the share too (which is linear in
+            # its samples: this one's weight is the gain, decayed once per number judged since).
+            self.received += 1
+            self.late += 1
+            if self.missing:
+                self.missing -= 1
+            since = newest - RECEIVE_HORIZON - seq
+            undo = RECEIVE_LOSS_GAIN * (1.0 - RECEIVE_LOSS_GAIN) ** since
+            self.loss = max(0.0, self.loss - undo)
+
+    def _judge(self, judged: int, missing: int) -> None:
+        """Fold `judged` numbers, `missing` of them absent, into the counts and the share
+        (as a batch: one EWMA step per number, with the batch's mean share)."""
+        self.missing += missing
+        if missing:
+            keep = (1.0 - RECEIVE_LOSS_GAIN) ** judged
+            self.loss += (1.0 - keep) * (missing / judged - self.loss)
+        elif self.loss:
+            self.loss *= (1.0 - RECEIVE_LOSS_GAIN) ** judged
+
+    def stats(self) -> ReceiveStats:
+        return ReceiveStats(self.received, self.missing, self.late, self.loss)
 
 
 class ClientConnection:
@@ -152,6 +242,7 @@ class ClientConnection:
         self._salt = b""
         self._newest_update = 0
         self._received = ReceivedTracker()
+        self._arrivals = ReceiveLossMeter()
         self._sent = SentTracker()
         self._cookie: bytes | None = None
         self._cookie_at = 0.0
@@ -190,7 +281,14 @@ class ClientConnection:
 
     @property
     def stats(self) -> LinkStats:
+        """This connection's packets to the room, as the room's acks describe them."""
         return self._sent.stats()
+
+    @property
+    def receive_stats(self) -> ReceiveStats:
+        """This connection's packets from the room, from the gaps in their sequence numbers
+        (measured here alone: nothing on the wire)."""
+        return self._arrivals.stats()
 
     @property
     def unacked_inputs(self) -> int:
@@ -243,7 +341,8 @@ class ClientConnection:
 
     def reconnect(self, now: float) -> ClientConnection:
         """A new connection for the same slot (from a new socket, typically) that continues
-        where this one stopped: same frames held, same input sequence, unacked inputs kept."""
+        where this one stopped: same frames held, same input sequence, unacked inputs kept,
+        an unfinished snapshot upload sent again from its start, `snapshot_ack` kept."""
         if self.accept is None:
             raise RuntimeError("never accepted: there is no reconnect ticket")
         self._close("reconnecting")
@@ -265,6 +364,10 @@ class ClientConnection:
         successor._unacked.extend(self._unacked)
         successor._input_sent_at.update(self._input_sent_at)
         successor.input_latencies = self.input_latencies
+        # Sent again from its first piece: what the old socket had in flight may be lost.
+        successor._upload = self._upload
+        successor._upload_pass_at = now
+        successor.snapshot_ack = self.snapshot_ack
         return successor
 
     def disconnect(self, now: float) -> None:
@@ -337,6 +440,7 @@ class ClientConnection:
             self._salt = datagram.salt
         self._last_recv = now
         self._received.on_receive(datagram.seq, now)
+        self._arrivals.on_receive(datagram.seq)
         if ptype is PacketType.ACCEPT:
             if self.state is ClientState.RESPONDING:
                 self._on_accept(decode_accept_untrusted(body), now)

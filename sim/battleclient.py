@@ -40,6 +40,7 @@ from battle.client import (
     DesyncAnnounced,
     Disconnected,
     FrameReceived,
+    ReceiveStats,
     SnapshotReceived,
 )
 from battle.frames import Frame
@@ -51,13 +52,15 @@ from sim.udplink import ImpairedPath, ImpairmentCounts
 Address = tuple[str, int]
 _RECV_BUFFER = 4 * 1024 * 1024
 _NO_LINK = LinkStats(0.0, 0.0, 0.0, 0, 0, 0)
+_NO_ARRIVALS = ReceiveStats(0, 0, 0, 0.0)
 
 
 @dataclass(frozen=True, slots=True)
 class ClientStats:
-    """The link as this client knows it. RTT, jitter and loss come from the room's acks of the
-    client's packets, so loss is measured for the client→room direction only; the estimates
-    restart with each connection, the counters cover the client's whole life."""
+    """The link as this client knows it. RTT, jitter and `send_loss` come from the room's acks
+    of the client's packets (the client→room direction); `receive_loss` comes from the gaps in
+    the sequence numbers of the room's packets (room→client). The estimates restart with each
+    connection, the counters cover the client's whole life."""
 
     rtt: float
     """Smoothed round-trip time, seconds (0 until the first ack of this connection)."""
@@ -87,6 +90,14 @@ class ClientStats:
     impaired_out: ImpairmentCounts | None
     """What the configured impairment did to outgoing datagrams (None without impairment)."""
     impaired_in: ImpairmentCounts | None
+    receive_loss: float = 0.0
+    """Smoothed share of the room's recent packets that never arrived, 0..1."""
+    packets_received: int = 0
+    """Sealed packets received from the room (repeats not counted)."""
+    packets_missing: int = 0
+    """Sealed packets the room sent that have not arrived although its sequence numbers have
+    moved 64 past them (reordering within that is not loss; the last 64 packets of each
+    connection are never judged)."""
 
 
 class _FrameCursor(AsyncIterator[Frame]):
@@ -155,8 +166,6 @@ class BattleClient:
         self._path = ImpairedPath(impairment, impairment, seed) if impairment is not None else None
         self._wake: trio.CancelScope | None = None
         """The serve loop's wait, pulled earlier when a delayed datagram is due sooner."""
-        self._upload: tuple[int, int, bytes] | None = None
-        self._snapshot_ack = 0
         # Counters of the client's whole life (connections come and go).
         self._datagrams_out = 0
         self._bytes_out = 0
@@ -167,6 +176,8 @@ class BattleClient:
         self._run_ended: float | None = None
         self._earlier_packets = (0, 0, 0)
         """Sealed packets sent, acked and lost by connections before the current one."""
+        self._earlier_received = (0, 0)
+        """Sealed packets received and missing in connections before the current one."""
         self._conn_started = 0.0
         self._start_ack = 0
         self._catchup_from: float | None = None
@@ -197,16 +208,17 @@ class BattleClient:
 
     @property
     def snapshot_ack(self) -> int:
-        """Frame of the newest snapshot upload the room holds complete (0 if none)."""
-        if self._conn is not None:
-            self._snapshot_ack = max(self._snapshot_ack, self._conn.snapshot_ack)
-        return self._snapshot_ack
+        """Frame of the newest snapshot upload the room holds complete (0 if none); a
+        reconnect keeps it."""
+        return self._conn.snapshot_ack if self._conn is not None else 0
 
     @property
     def stats(self) -> ClientStats:
         sent, acked, lost = self._earlier_packets
         conn = self._conn
         link = conn.stats if conn is not None else _NO_LINK
+        arrivals = conn.receive_stats if conn is not None else _NO_ARRIVALS
+        received, missing = self._earlier_received
         path = self._path
         return ClientStats(
             rtt=link.rtt,
@@ -225,6 +237,9 @@ class BattleClient:
             frames_behind=conn.frames_behind if conn is not None else 0,
             impaired_out=path.outgoing if path is not None else None,
             impaired_in=path.incoming if path is not None else None,
+            receive_loss=arrivals.loss,
+            packets_received=received + arrivals.received,
+            packets_missing=missing + arrivals.missing,
         )
 
     def _seconds(self) -> float:
@@ -436,7 +451,6 @@ class BattleClient:
         the room keeps it when another player uploads the same bytes under the majority
         hash."""
         self.conn.upload_snapshot(frame, state_hash, data, trio.current_time())
-        self._upload = (frame, state_hash, data)
 
     def go_silent(self, silent: bool) -> None:
         """Drop everything in both directions (a pulled cable), keeping the connection."""
@@ -452,11 +466,10 @@ class BattleClient:
         link = previous.stats
         sent, acked, lost = self._earlier_packets
         self._earlier_packets = (sent + link.sent, acked + link.acked, lost + link.lost)
-        snapshot_ack = self.snapshot_ack
+        arrivals = previous.receive_stats
+        received, missing = self._earlier_received
+        self._earlier_received = (received + arrivals.received, missing + arrivals.missing)
         self._conn = self._started(previous.reconnect(trio.current_time()))
-        if self._upload is not None and self._upload[0] > snapshot_ack:
-            frame, state_hash, data = self._upload  # not carried over by the connection
-            self._conn.upload_snapshot(frame, state_hash, data, trio.current_time())
         self._reconnects += 1
         self._silent = False
         if self._path is not None:

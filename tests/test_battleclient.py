@@ -126,6 +126,7 @@ async def test_frames_iter_is_gapless_across_silence_and_reconnect(tmp_path: Pat
                     assert stats.datagrams_received > 0
                     assert stats.bytes_received > stats.datagrams_received
                     assert stats.packets_sent > 0 and stats.packets_acked > 0
+                    assert stats.packets_received > 0
                     assert (stats.reconnects, stats.catchup_seconds) == (0, ())
                     assert stats.seconds > 0
                     assert stats.impaired_out is None and stats.impaired_in is None
@@ -169,6 +170,7 @@ async def test_frames_iter_is_gapless_across_silence_and_reconnect(tmp_path: Pat
     assert after.frames_behind == 0
     # Counters cover both connections; the estimates belong to the new one.
     assert after.packets_sent > before.packets_sent
+    assert after.packets_received > before.packets_received
     assert after.bytes_received > before.bytes_received
     assert after.rtt > 0
 
@@ -210,6 +212,10 @@ async def test_impaired_clients_get_every_frame_and_measure_loss(tmp_path: Path)
         # Measured from the room's acks: some loss, and no more than was injected.
         assert stats.send_loss > 0
         assert 0 < stats.packets_lost <= out.lost
+        # Measured from the gaps in the room's sequence numbers: the other direction.
+        assert stats.receive_loss > 0
+        assert 0 < stats.packets_missing <= into.lost
+        assert stats.packets_received > stats.packets_missing
         assert stats.rtt >= 2 * profile.delay
         # The socket carried exactly what the impairment let through (nothing left delayed).
         assert stats.datagrams_sent == out.datagrams - out.lost + out.duplicated
