@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from array import array
 
-from battle.catchup import PUMP_INTERVAL, AgreedSnapshot, CatchupStream, ChunkCache
+from battle.catchup import PUMP_INTERVAL, AgreedSnapshot
 from battle.config import RoomConfig, RosterEntry
+from battle.delivery import FRAME_BUDGET, Delivery
 from battle.errors import BadDatagram
 from battle.events import (
-    CatchUpFinished,
-    CatchUpStarted,
     FrameClosed,
     PlayerConnected,
     PlayerDisconnected,
@@ -39,33 +38,20 @@ from battle.messages import (
     encode_accept,
     encode_disconnect,
     encode_frame,
-    encode_server_update_parts,
-    encode_snapshot_chunk,
-    encode_update_tail,
 )
 from battle.peer import CoreSink, Peer, PeerStatus
 from battle.referee import Referee
 from battle.session import Address, Session
 from battle.ticket import FLAG_RECONNECT, ClientKeys, Ticket, issue_ticket
-from battle.wire import MAX_SEALED_BODY, DenyReason, PacketType, Sealed
+from battle.wire import DenyReason, PacketType, Sealed
 
-_UPDATE_PREFIX_MAX = 128
-"""Upper bound of a SERVER_UPDATE body without its frames: eleven msgpack scalars, array
-headers and a desync notice naming at most MAX_NOTICE_SLOTS slots."""
 MAX_PLAYERS = 32
 """Keeps ACCEPT (which lists the roster) inside one datagram."""
-CATCHUP_BUDGET_FACTOR = 3
-CATCHUP_BUDGET_SLACK = 1 << 20
-"""A catch-up may send three times what the peer lacked when it began, plus 1 MiB for the
-frames that close meanwhile; a peer that exhausts it is disconnected (it may reconnect)."""
-FRAME_BUDGET = MAX_SEALED_BODY - _UPDATE_PREFIX_MAX
 _INPUT_COST = 14
 """Worst-case msgpack bytes of one input in a frame besides its data (slot, seq, bin header)."""
 MAX_PENDING_SESSIONS = 4
 """Handshakes per slot awaiting their first sealed datagram; the first to send one wins."""
 _ENDED_DISCONNECT_COPIES = 3
-_ALIVE = 0.5
-"""A peer heard from within this many seconds may be sent a catch-up stream."""
 
 
 class Room:
@@ -117,12 +103,10 @@ class Room:
         self._next_heartbeat = now
         self._empty_since: float | None = None
         self._linger_until = 0.0
-        self._chunks = ChunkCache()
-        self._pump_at: float | None = None
-        """Next catch-up pacing step while any peer is catching up."""
-        self._copy_at: float | None = None
-        """Next spaced copy of an update to a peer on a lossy link (redundancy.py)."""
         self.referee = Referee(room_id, match_id, len(self.roster), config, sink)
+        self._delivery = Delivery(
+            room_id, config, self.peers, self.encoded_frames, self.referee, sink
+        )
 
     # -- queries -------------------------------------------------------------------------
 
@@ -155,16 +139,18 @@ class Room:
             deadline = min(self._next_tick, self.started_at + self.config.max_duration)
             if self._empty_since is not None:
                 deadline = min(deadline, self._empty_since + self.config.empty_timeout)
-            if self._copy_at is not None:
-                deadline = min(deadline, self._copy_at)
+            copy_at = self._delivery.copy_at
+            if copy_at is not None:
+                deadline = min(deadline, copy_at)
         elif self.state is RoomState.WAITING:
             deadline = min(self.created_at + self.config.start_timeout, self._next_heartbeat)
         elif self.finished:
             return None
         else:
             deadline = min(self._next_tick, self._linger_until)
-        if self._pump_at is not None:
-            deadline = min(deadline, self._pump_at)
+        pump_at = self._delivery.pump_at
+        if pump_at is not None:
+            deadline = min(deadline, pump_at)
         return deadline
 
     # -- handshake -----------------------------------------------------------------------
@@ -331,7 +317,8 @@ class Room:
         if peer.catchup is None and (
             msg.want_snapshot or len(self.encoded_frames) - peer.frame_ack > 2 * self._limit
         ):
-            self._update_catchup(peer, now)  # start now, not at the next tick
+            self._delivery.update_catchup(peer, now)  # start now, not at the next tick
+            self._note_pump()
         if msg.hashes or msg.result is not None:
             self.referee.on_reports(peer, msg, self.last_frame, now)
         if msg.inputs:
@@ -362,7 +349,9 @@ class Room:
     # -- time ----------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        if self._pump_at is not None and now >= self._pump_at:
+        delivery = self._delivery
+        pump_at = delivery.pump_at
+        if pump_at is not None and now >= pump_at:
             self._pump(now)
         if self.state is RoomState.WAITING:
             self._check_timeouts(now)
@@ -373,14 +362,17 @@ class Room:
                     self.end("not_enough_players", now)
                     return
             elif now >= self._next_heartbeat:
-                self._broadcast(now)
+                delivery.broadcast(now, self.state)
                 self._next_heartbeat = now + self.config.heartbeat_interval
         if self.state is RoomState.RUNNING:
             self._run(now)
-            if self._copy_at is not None and now >= self._copy_at:
-                self._send_copies(now)
+            copy_at = delivery.copy_at
+            if copy_at is not None and now >= copy_at:
+                delivery.send_copies(now, self.state)
         elif self.state is RoomState.ENDED:
             self._linger(now)
+        if delivery.pump_armed:
+            self._note_pump()
 
     def _start(self, now: float) -> None:
         self.state = RoomState.RUNNING
@@ -406,7 +398,7 @@ class Room:
                 self._next_tick = now + self._interval
                 break
         if closed:
-            self._broadcast(now, arm_copies=True)
+            self._delivery.broadcast(now, self.state, arm_copies=True)
             self._judge(now)
         if self.state is not RoomState.RUNNING:
             return
@@ -448,157 +440,24 @@ class Room:
         self._sink.stats["frames_closed"] += 1
         self._sink.events.append(FrameClosed(self.room_id, frame, now))
 
-    def _broadcast(self, now: float, *, arm_copies: bool = False) -> None:
-        """One update to every live session; after a frame closes (`arm_copies`), peers whose
-        link measured much loss also get spaced copies planned (redundancy.py)."""
-        copy_at: float | None = None
-        for peer in self.peers:
-            session = peer.session
-            if peer.status is not PeerStatus.CONNECTED or session is None:
-                continue
-            self._send_update(peer, session, now)
-            if not arm_copies:
-                continue
-            sent = session.sent
-            if sent.lost or sent.recent_loss:  # never anything lost: nothing to decide
-                if peer.catchup is None:
-                    due = peer.copies.arm(now, sent, self._interval)
-                    if due is not None and (copy_at is None or due < copy_at):
-                        copy_at = due
-                else:
-                    peer.copies.cancel()
-        if arm_copies:
-            self._copy_at = copy_at
-
-    def _send_copies(self, now: float) -> None:
-        """Send the spaced copies that are due: fresh updates with whatever is still unacked."""
-        copy_at: float | None = None
-        last = len(self.encoded_frames)
-        for peer in self.peers:
-            copies = peer.copies
-            if copies.due is None:
-                continue
-            session = peer.session
-            if (
-                session is None
-                or peer.status is not PeerStatus.CONNECTED
-                or peer.catchup is not None
-                or peer.frame_ack >= last  # everything arrived: nothing to cover
-            ):
-                copies.cancel()
-                continue
-            if copies.take(now):
-                self._send_update(peer, session, now)
-                self._sink.stats["update_copies"] += 1
-            if copies.due is not None and (copy_at is None or copies.due < copy_at):
-                copy_at = copies.due
-        self._copy_at = copy_at
-
-    def _send_update(self, peer: Peer, session: Session, now: float) -> None:
-        last = len(self.encoded_frames)
-        first = peer.frame_ack + 1
-        limit = self._limit
-        if peer.catchup is not None or last - peer.frame_ack > limit or peer.want_snapshot:
-            self._update_catchup(peer, now)
-        chunk: list[bytes] = []
-        if peer.catchup is None:
-            budget = FRAME_BUDGET
-            for encoded in self.encoded_frames[first - 1 : min(last, peer.frame_ack + limit)]:
-                if len(encoded) > budget:
-                    break
-                budget -= len(encoded)
-                chunk.append(encoded)
-        received = session.received
-        body = encode_server_update_parts(
-            received.ack,
-            received.bits,
-            received.ack_delay_us(now),
-            peer.input_ack,
-            first if chunk else 0,
-            chunk,
-            last,
-            self.state,
-            self._tail_for(peer),
-        )
-        self._emit(session, PacketType.SERVER_UPDATE, body, now)
-
-    def _tail_for(self, peer: Peer) -> bytes:
-        """The update's last four fields; they rarely change, so encode on change only."""
-        key = (peer.hash_ack, peer.result_acked, self.referee.desync_notice, peer.snapshot_ack)
-        if peer.tail_key != key:
-            peer.tail_key = key
-            peer.tail = encode_update_tail(*key)
-        return peer.tail
-
     # -- catch-up ------------------------------------------------------------------------
 
-    def _snapshot_for(self, peer: Peer) -> AgreedSnapshot | None:
-        snap = self.agreed_snapshot
-        if peer.want_snapshot and snap is not None and snap.frame > peer.frame_ack:
-            return snap
-        return None
-
-    def _update_catchup(self, peer: Peer, now: float) -> CatchupStream | None:
-        """Start or stop streaming to a peer from how far behind it is; returns the stream.
-
-        It starts past twice the redundancy window and stops within it: a peer that is a
-        little late (a slow ack) keeps getting live updates, which resend what it lacks.
-        """
-        behind = self.last_frame - peer.frame_ack
-        limit = self._limit
-        stream = peer.catchup
-        if stream is None:
-            snap = self._snapshot_for(peer)
-            if behind <= 2 * limit and snap is None:
-                return None
-            session = peer.session
-            if session is None or now - session.last_recv > _ALIVE:
-                return None  # silent: streaming would only fill a dead link
-            behind_bytes = sum(map(len, self.encoded_frames[peer.frame_ack :]))
-            budget = CATCHUP_BUDGET_FACTOR * (behind_bytes + (len(snap.data) if snap else 0))
-            peer.catchup = CatchupStream(
-                self.config.catchup_rate,
-                now,
-                snap,
-                ack_interval=self._interval,
-                budget=budget + CATCHUP_BUDGET_SLACK,
-            )
-            peer.catchup_started = (now, peer.frame_ack)
-            self._sink.stats["catch_ups_started"] += 1
-            self._sink.events.append(
-                CatchUpStarted(
-                    self.room_id,
-                    peer.entry.slot,
-                    peer.frame_ack,
-                    self.last_frame,
-                    snap.frame if snap else 0,
-                )
-            )
-            if self._pump_at is None:
-                self._pump_at = now
-                self.deadline_moved = True
-            return peer.catchup
-        if stream.snapshot is not None and peer.frame_ack >= stream.snapshot.frame:
-            stream.snapshot = None
-        if behind <= limit and stream.snapshot is None:
-            started_at, started_ack = peer.catchup_started
-            peer.catchup = None
-            self._sink.stats["catch_ups_finished"] += 1
-            self._sink.events.append(
-                CatchUpFinished(
-                    self.room_id, peer.entry.slot, peer.frame_ack - started_ack, now - started_at
-                )
-            )
-        return peer.catchup
+    def _note_pump(self) -> None:
+        """A catch-up that starts the pacing steps moves the next deadline earlier."""
+        delivery = self._delivery
+        if delivery.pump_armed:
+            delivery.pump_armed = False
+            self.deadline_moved = True
 
     def _pump(self, now: float) -> None:
         """Feed every catching-up peer what its byte budget allows right now."""
+        delivery = self._delivery
         active = False
         for peer in self.peers:
             session = peer.session
             if peer.catchup is None or session is None:
                 continue
-            stream = self._update_catchup(peer, now)
+            stream = delivery.update_catchup(peer, now)
             if stream is None:
                 continue
             if stream.budget <= 0:
@@ -608,19 +467,8 @@ class Room:
                 self._drop_session(peer, "catchup_budget", now, notify=True)
                 continue
             active = True
-            rtt = session.sent.rtt
-            heard = session.last_recv
-            if stream.snapshot is not None:
-                for piece in stream.pump_snapshot(now, rtt, heard):
-                    self._emit(session, PacketType.SNAPSHOT, encode_snapshot_chunk(piece), now)
-                continue
-            bodies = stream.pump_frames(
-                now, rtt, heard, peer.frame_ack, self.last_frame, self._chunks, self.encoded_frames
-            )
-            for body in bodies:
-                self._emit(session, PacketType.CATCHUP, body, now)
-            self._sink.stats["catchup_datagrams"] += len(bodies)
-        self._pump_at = now + PUMP_INTERVAL if active else None
+            delivery.feed(peer, session, stream, now)
+        delivery.pump_at = now + PUMP_INTERVAL if active else None
 
     # -- reports: state hashes, results, snapshots (referee.py) -------------------------
 
@@ -698,7 +546,7 @@ class Room:
         self.state = RoomState.ENDED
         self.end_reason = reason
         self.deadline_moved = True
-        self._copy_at = None
+        self._delivery.copy_at = None
         self._linger_until = now + self.config.end_linger
         self._next_tick = now + self._interval
         self._sink.events.append(RoomEnded(self.room_id, self.last_frame, reason))
@@ -720,13 +568,15 @@ class Room:
                 self._finish_peer(peer, now)
         elif now >= self._next_tick:
             self._next_tick = now + self._interval
-            self._broadcast(now)
+            self._delivery.broadcast(now, self.state)
 
     def _finish_peer(self, peer: Peer, now: float) -> None:
         session = peer.session
         if session is None:
             return
-        self._send_update(peer, session, now)  # says ENDED, with acks, before the goodbyes
+        # Says ENDED, with acks, before the goodbyes.
+        self._delivery.send_update(peer, session, now, self.state)
+        self._note_pump()
         for _ in range(_ENDED_DISCONNECT_COPIES):
             self._emit(session, PacketType.DISCONNECT, _ENDED_BODY, now)
         self._release(session.address)
