@@ -103,8 +103,9 @@ class LeaseStore:
         self._release = client.register_script(_RELEASE)
         self._read = client.register_script(_READ)
 
-    def _key(self, name: str) -> str:
-        # The braces make the lease and its counter hash to the same cluster slot.
+    def key(self, name: str) -> str:
+        """The Redis key of a lease, for scripts that extend these (its counter is key + ":gen").
+        The braces make the lease and its counter hash to the same cluster slot."""
         return f"{self._prefix}{{{name}}}"
 
     async def acquire(
@@ -112,7 +113,7 @@ class LeaseStore:
     ) -> int | None:
         """Take ``name`` for ``owner`` for ``ttl_ms``; the new generation, or None if held."""
         _check_ttl(ttl_ms)
-        key = self._key(name)
+        key = self.key(name)
         keys = [key, f"{key}:gen"]
         reply: ResponseType = await self._acquire(keys=keys, args=[owner, ttl_ms, payload])
         if reply is None:
@@ -139,7 +140,7 @@ class LeaseStore:
         args: list[str | int | bytes] = [owner, generation, ttl_ms]
         if payload is not None:
             args.append(payload)
-        return await self._renew(keys=[self._key(name)], args=args) == 1
+        return await self._renew(keys=[self.key(name)], args=args) == 1
 
     async def release(self, name: str, owner: str, generation: int) -> bool:
         """Give the lease up now, so the next holder need not wait for the TTL.
@@ -147,11 +148,11 @@ class LeaseStore:
         False if ``owner`` with ``generation`` did not hold it; someone else's lease is never
         deleted.
         """
-        return await self._release(keys=[self._key(name)], args=[owner, generation]) == 1
+        return await self._release(keys=[self.key(name)], args=[owner, generation]) == 1
 
     async def read(self, name: str) -> LeaseInfo | None:
         """The current holder of ``name``, or None if nobody holds it."""
-        reply: ResponseType = await self._read(keys=[self._key(name)])
+        reply: ResponseType = await self._read(keys=[self.key(name)])
         if reply is None:
             return None
         match reply:
