@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +38,7 @@ from battle.control import (
 from battle.frames import Frame
 from battle.messages import encode_frame
 from battle.ticket import ClientKeys, issue_ticket
+from sim.battleclient import BattleClient
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -261,3 +264,29 @@ class RollingState:
     def apply(self, frame: Frame) -> int:
         self.state = hashlib.blake2b(self.state + encode_frame(frame), digest_size=32).digest()
         return int.from_bytes(self.state[:8], "little")
+
+
+async def play(client: BattleClient, rng: random.Random, stop: trio.Event, hz: int = 30) -> None:
+    """Send an input on most ticks until told to stop, like a game loop would."""
+    await client.accepted.wait()
+    next_at = trio.current_time()
+    while not stop.is_set():
+        next_at += 1 / hz
+        await trio.sleep_until(next_at)
+        if client.connected and rng.random() < 0.7:
+            client.send_input(rng.randbytes(rng.randint(1, 8)))
+
+
+async def until(condition: Callable[[], bool], timeout: float, poll: float = 0.05) -> None:
+    """Poll `condition` until it holds; TooSlowError after `timeout` seconds."""
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(poll)
+
+
+def free_tcp_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

@@ -6,12 +6,20 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import trio
-from hostkit import ControlServer, RollingState, control_server, start_host, stop_host, ticket_for
+from hostkit import (
+    ControlServer,
+    RollingState,
+    control_server,
+    play,
+    start_host,
+    stop_host,
+    ticket_for,
+    until,
+)
 
 from battle.config import RoomConfig
 from battle.control import RoomCreated
@@ -25,24 +33,6 @@ from sim.udplink import ImpairedPath, Transit
 HZ = 30
 RESULT: dict[str, object] = {"winner": 0}
 SNAPSHOT_FRAME = 30
-
-
-async def _until(condition: Callable[[], bool], timeout: float, poll: float = 0.02) -> None:
-    """Poll `condition` until it holds; TooSlowError after `timeout` seconds."""
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(poll)
-
-
-async def _play(client: BattleClient, rng: random.Random, stop: trio.Event) -> None:
-    """Send an input on most ticks until told to stop, like a game loop would."""
-    await client.accepted.wait()
-    next_at = trio.current_time()
-    while not stop.is_set():
-        next_at += 1 / HZ
-        await trio.sleep_until(next_at)
-        if client.connected and rng.random() < 0.7:
-            client.send_input(rng.randbytes(rng.randint(1, 8)))
 
 
 async def _follow(client: BattleClient, seen: list[int]) -> None:
@@ -110,15 +100,15 @@ async def test_frames_iter_is_gapless_across_silence_and_reconnect(tmp_path: Pat
                         client = BattleClient(ticket, keys, server)
                         assert client.stats.bytes_sent == 0  # readable before it starts
                         await nursery.start(client.run)
-                        nursery.start_soon(_play, client, random.Random(slot), stop)
+                        nursery.start_soon(play, client, random.Random(slot), stop)
                         nursery.start_soon(_follow, client, seen[slot])
                         clients.append(client)
                     steady, silent = clients
 
-                    await _until(lambda: min(len(c.frames) for c in clients) >= 10, 15)
+                    await until(lambda: min(len(c.frames) for c in clients) >= 10, 15)
                     # A second walk started late still begins at frame 1.
                     nursery.start_soon(_collect, steady, late)
-                    await _until(lambda: all(c.snapshot_ack >= SNAPSHOT_FRAME for c in clients), 10)
+                    await until(lambda: all(c.snapshot_ack >= SNAPSHOT_FRAME for c in clients), 10)
 
                     stats = steady.stats
                     assert stats.rtt > 0 and stats.jitter >= 0
@@ -136,16 +126,16 @@ async def test_frames_iter_is_gapless_across_silence_and_reconnect(tmp_path: Pat
                     silent.go_silent(True)
                     held = len(silent.frames)
                     # Its own timeout (the room's disconnect timeout) says the link is gone.
-                    await _until(lambda: silent.disconnects == ["timed_out"], 5)
+                    await until(lambda: silent.disconnects == ["timed_out"], 5)
                     assert not silent.closed  # lost, not ended: waiting to be told to return
                     missed = len(steady.frames) - held
                     assert missed >= HZ // 2
                     before = silent.stats
                     silent.reconnect()
-                    await _until(lambda: bool(silent.stats.catchup_seconds), 10)
+                    await until(lambda: bool(silent.stats.catchup_seconds), 10)
 
                     target = len(steady.frames) + HZ
-                    await _until(lambda: min(len(c.frames) for c in clients) >= target, 10)
+                    await until(lambda: min(len(c.frames) for c in clients) >= target, 10)
                     stop.set()
                     await _finish(lobby, clients, 101)
                 # Leaving the nursery means every frame iterator ended by itself.
@@ -191,10 +181,10 @@ async def test_impaired_clients_get_every_frame_and_measure_loss(tmp_path: Path)
                     for slot, (ticket, keys) in enumerate(tickets):
                         client = BattleClient(ticket, keys, server, impairment=profile, seed=slot)
                         await nursery.start(client.run)
-                        nursery.start_soon(_play, client, random.Random(slot), stop)
+                        nursery.start_soon(play, client, random.Random(slot), stop)
                         nursery.start_soon(_collect, client, seen[slot])
                         clients.append(client)
-                    await _until(lambda: min(len(c.frames) for c in clients) >= 4 * HZ, 20)
+                    await until(lambda: min(len(c.frames) for c in clients) >= 4 * HZ, 20)
                     stop.set()
                     await _finish(lobby, clients, 202)
         finally:

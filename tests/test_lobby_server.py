@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from hostkit import free_tcp_port
 
 from battle import control
 from lobby import protocol as proto
@@ -291,15 +292,6 @@ async def test_real_tcp_listener_with_and_without_tls(tmp_path: Path, tls: bool)
             server.stop()
 
 
-def _free_port() -> int:
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def test_node_keeps_its_secret_and_store_and_serves_metrics(tmp_path: Path) -> None:
     import json  # noqa: PLC0415
     import urllib.request  # noqa: PLC0415
@@ -307,7 +299,7 @@ async def test_node_keeps_its_secret_and_store_and_serves_metrics(tmp_path: Path
     from lobby.node import SECRET_FILE, run_lobby_node  # noqa: PLC0415
 
     listen = ListenSettings(client_port=0, control_port=0, data_dir=tmp_path / "lobby")
-    metrics_port = _free_port()
+    metrics_port = free_tcp_port()
     tokens = []
     for run in range(2):
         metrics = metrics_port if run == 0 else None

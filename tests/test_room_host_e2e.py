@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 import trio
-from hostkit import RollingState, control_server, start_host, stop_host, ticket_for
+from hostkit import RollingState, control_server, play, start_host, stop_host, ticket_for
 
 from battle.config import RoomConfig
 from battle.control import RoomCreated, RoomEventKind
@@ -21,17 +21,6 @@ PLAYERS = 3
 ROOMS = 3
 DESYNC_ROOM, DESYNC_SLOT, DESYNC_FRAME = 2, 1, 120
 SILENT_ROOM, SILENT_SLOT = 1, 2
-
-
-async def _play(client: BattleClient, rng: random.Random, stop: trio.Event) -> None:
-    """Send an input on most ticks until told to stop, like a game loop would."""
-    await client.accepted.wait()
-    next_at = trio.current_time()
-    while not stop.is_set():
-        next_at += 1 / HZ
-        await trio.sleep_until(next_at)
-        if client.conn.state.name == "CONNECTED" and rng.random() < 0.7:
-            client.send_input(rng.randbytes(rng.randint(1, 8)))
 
 
 async def test_three_rooms_silence_reconnect_forged_ticket_and_desync(tmp_path: Path) -> None:
@@ -61,7 +50,7 @@ async def test_three_rooms_silence_reconnect_forged_ticket_and_desync(tmp_path: 
                         states[room, slot] = state
                         client.on_frame = _hasher(client, state, room, slot)
                         await nursery.start(client.run)
-                        nursery.start_soon(_play, client, random.Random(room * 10 + slot), stop)
+                        nursery.start_soon(play, client, random.Random(room * 10 + slot), stop)
 
                 # A ticket sealed under the wrong key never gets in.
                 forged_ticket, forged_keys = ticket_for(os.urandom(32), 501, 1, 0)
@@ -166,7 +155,7 @@ async def test_kill_9_leaves_a_readable_log_up_to_the_last_flush(tmp_path: Path)
                     client = BattleClient(ticket, ckeys, server)
                     clients.append(client)
                     await nursery.start(client.run)
-                    nursery.start_soon(_play, client, random.Random(slot), stop)
+                    nursery.start_soon(play, client, random.Random(slot), stop)
                 with trio.fail_after(20):
                     while len(clients[0].frames) < 4 * HZ:
                         await trio.sleep(0.05)

@@ -14,11 +14,20 @@ import socket
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import trio
-from hostkit import ControlServer, control_server, raw_frame, start_host, stop_host, ticket_for
+from hostkit import (
+    ControlServer,
+    control_server,
+    free_tcp_port,
+    play,
+    raw_frame,
+    start_host,
+    stop_host,
+    ticket_for,
+    until,
+)
 
 from battle.config import RoomConfig
 from battle.control import EndRoom, Rejected, RoomCreated, encode_message, room_config_to_plain
@@ -40,17 +49,6 @@ RESULT = {"winner": 1}
 # --- helpers -----------------------------------------------------------------------------
 
 
-async def _play(client: BattleClient, rng: random.Random, stop: trio.Event) -> None:
-    """Send an input on most ticks until told to stop, like a game loop would."""
-    await client.accepted.wait()
-    next_at = trio.current_time()
-    while not stop.is_set():
-        next_at += 1 / HZ
-        await trio.sleep_until(next_at)
-        if client.conn.state.name == "CONNECTED" and rng.random() < 0.7:
-            client.send_input(rng.randbytes(rng.randint(1, 8)))
-
-
 async def _start_match(
     nursery: trio.Nursery,
     lobby: ControlServer,
@@ -68,20 +66,13 @@ async def _start_match(
         ticket, ckeys = ticket_for(key, match_id, room_id, slot)
         client = BattleClient(ticket, ckeys, server)
         await nursery.start(client.run)
-        nursery.start_soon(_play, client, random.Random(room_id * 10 + slot), stop)
+        nursery.start_soon(play, client, random.Random(room_id * 10 + slot), stop)
         clients.append(client)
     return clients
 
 
-async def _until(condition: Callable[[], bool], timeout: float, poll: float = 0.05) -> None:
-    """Poll `condition` until it holds; TooSlowError after `timeout` seconds."""
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(poll)
-
-
 async def _frames_at_least(clients: list[BattleClient], n: int, timeout: float = 15) -> None:
-    await _until(lambda: min(len(c.frames) for c in clients) >= n, timeout)
+    await until(lambda: min(len(c.frames) for c in clients) >= n, timeout)
 
 
 async def _finish_match(
@@ -98,7 +89,7 @@ async def _finish_match(
 
 
 async def _exited(process: subprocess.Popen[bytes], timeout: float) -> int:
-    await _until(lambda: process.poll() is not None, timeout)
+    await until(lambda: process.poll() is not None, timeout)
     code = process.returncode
     assert code is not None
     return code
@@ -129,13 +120,6 @@ def _check_complete_log(
 
 def _pending_results(data_dir: Path) -> list[Path]:
     return sorted((data_dir / "results").glob("*.result"))
-
-
-def _free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _parse_exposition(text: str) -> dict[str, float]:
@@ -360,7 +344,7 @@ async def test_unacknowledged_result_is_resent_and_survives_restart(tmp_path: Pa
             await lobby2.wait_for(lambda: bool(lobby2.results), 10)
             assert lobby2.register is not None
             assert lobby2.results == [first]
-            await _until(lambda: not _pending_results(tmp_path), 5)
+            await until(lambda: not _pending_results(tmp_path), 5)
             assert stop_host(host) == 0, _log_tail(tmp_path)
         finally:
             stop_host(host)
@@ -386,7 +370,7 @@ async def test_result_produced_while_lobby_is_down_is_delivered_after_reconnect(
             stop.set()
             for client in clients:
                 client.report_result(RESULT)
-            await _until(lambda: bool(_pending_results(tmp_path)), 10)
+            await until(lambda: bool(_pending_results(tmp_path)), 10)
             with trio.fail_after(10):
                 for client in clients:
                     await client.wait_closed()
@@ -397,7 +381,7 @@ async def test_result_produced_while_lobby_is_down_is_delivered_after_reconnect(
             await lobby2.wait_for(lambda: bool(lobby2.results), 15)
             (result,) = lobby2.results
             assert (result.match_id, result.reason, result.result) == (505, "result", RESULT)
-            await _until(lambda: not _pending_results(tmp_path), 5)
+            await until(lambda: not _pending_results(tmp_path), 5)
             assert lobby2.register is not None and lobby2.register.rooms == ()
             assert stop_host(host) == 0, _log_tail(tmp_path)
     finally:
@@ -475,12 +459,12 @@ async def test_create_room_for_finished_match_keeps_its_log(tmp_path: Path) -> N
             key = os.urandom(32)
             assert isinstance(await lobby.create_room(13, 1313, 2, config, key), RoomCreated)
             await lobby.wait_for(lambda: bool(lobby.results), 5)
-            await _until(lambda: lobby.heartbeat is not None and lobby.heartbeat.rooms == 0, 5)
+            await until(lambda: lobby.heartbeat is not None and lobby.heartbeat.rooms == 0, 5)
             before = _match_log(tmp_path, 1313, 13)
             assert isinstance(before.records[-1], EndRecord)
             # The lobby retries (say its first reply was lost): the finished match's log stays.
             await lobby.create_room(13, 1313, 2, config, key)
-            await _until(lambda: lobby.heartbeat is not None and lobby.heartbeat.rooms == 0, 5)
+            await until(lambda: lobby.heartbeat is not None and lobby.heartbeat.rooms == 0, 5)
             assert stop_host(host) == 0, _log_tail(tmp_path)
         finally:
             stop_host(host)
@@ -519,7 +503,7 @@ async def test_create_room_in_same_read_as_registered_is_answered(tmp_path: Path
 
 
 async def test_metrics_endpoint(tmp_path: Path) -> None:
-    metrics_port = _free_tcp_port()
+    metrics_port = free_tcp_port()
     async with control_server(ack_results=False) as lobby:
         host = start_host(lobby.port, tmp_path, "--metrics-port", str(metrics_port))
         try:
@@ -595,7 +579,7 @@ FLOOD = 20_000
 
 
 async def test_garbage_flood_does_not_disturb_a_running_match(tmp_path: Path) -> None:
-    metrics_port = _free_tcp_port()
+    metrics_port = free_tcp_port()
     async with control_server() as lobby:
         host = start_host(lobby.port, tmp_path, "--metrics-port", str(metrics_port))
         try:

@@ -16,7 +16,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import trio
-from upkit import Up, pid_alive, run_up, until
+from hostkit import play, until
+from upkit import Up, pid_alive, run_up
 
 from battle.ticket import ClientKeys
 from lobby.protocol import MatchAborted, MatchEnded, MatchProposed, MatchReady
@@ -24,17 +25,6 @@ from sim.battleclient import BattleClient
 from sim.lobbyclient import LobbyClient, open_lobby_client
 
 HZ = 30
-
-
-async def _play(client: BattleClient, rng: random.Random, stop: trio.Event) -> None:
-    """Send an input on most ticks until told to stop, like a game loop would."""
-    await client.accepted.wait()
-    next_at = trio.current_time()
-    while not stop.is_set():
-        next_at += 1 / HZ
-        await trio.sleep_until(next_at)
-        if client.conn.state.name == "CONNECTED" and rng.random() < 0.7:
-            client.send_input(rng.randbytes(rng.randint(1, 8)))
 
 
 @asynccontextmanager
@@ -98,7 +88,7 @@ async def test_up_plays_two_5v5_matches_on_two_hosts_and_rates_them(tmp_path: Pa
             async with trio.open_nursery() as nursery:
                 battles = [await _join(nursery, r) for r in readies]
                 for i, b in enumerate(battles):
-                    nursery.start_soon(_play, b, random.Random(i), stop)
+                    nursery.start_soon(play, b, random.Random(i), stop)
                 await until(lambda: min(len(b.frames) for b in battles) >= 60, 30)
                 stop.set()
                 for b in battles:
@@ -143,7 +133,7 @@ async def test_tcp_drop_relogin_gets_a_working_ticket_and_a_killed_host_is_repor
             async with trio.open_nursery() as nursery:
                 battles = [await _join(nursery, r) for r in readies]
                 for i, b in enumerate(battles):
-                    nursery.start_soon(_play, b, random.Random(i), stop)
+                    nursery.start_soon(play, b, random.Random(i), stop)
                 await until(lambda: min(len(b.frames) for b in battles) >= 30, 30)
 
                 # A client loses its TCP connection (and its game restarts): it logs in again

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -131,13 +131,6 @@ def run_up(data_dir: Path, hosts: int = 2, config: str = FAST_CONFIG) -> Iterato
                 process.kill()
                 process.wait()
                 raise AssertionError(f"up did not stop on SIGTERM:\n{up.log_tail()}") from None
-
-
-async def until(condition: Callable[[], bool], timeout: float, poll: float = 0.05) -> None:
-    """Poll `condition` until it holds; TooSlowError after `timeout` seconds."""
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(poll)
 
 
 def pid_alive(pid: int) -> bool:
