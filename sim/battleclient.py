@@ -320,11 +320,12 @@ class BattleClient:
         while True:
             conn = self.conn
             self._flush()
+            self._check_socket(sock)
             if conn.state is ClientState.DISCONNECTED:
                 return
             deadline = conn.next_deadline()
             with trio.move_on_at(deadline if deadline is not None else math.inf):
-                await trio.lowlevel.wait_readable(sock)
+                await self._readable(sock)
                 now = trio.current_time()
                 while True:
                     try:
@@ -335,6 +336,7 @@ class BattleClient:
                         self._datagrams_in += 1
                         self._bytes_in += len(data)
                         conn.receive_datagram(data, addr[:2], now)
+            self._check_socket(sock)
             conn.tick(trio.current_time())
 
     async def _serve_impaired(self, path: ImpairedPath) -> None:
@@ -345,6 +347,7 @@ class BattleClient:
         while True:
             conn = self.conn
             self._flush()
+            self._check_socket(sock)
             if conn.state is ClientState.DISCONNECTED and not path.pending_out:
                 return  # (goodbyes still delayed on the way out go first)
             deadline = conn.next_deadline()
@@ -354,7 +357,7 @@ class BattleClient:
                 wake = due
             with trio.move_on_at(wake) as scope:
                 self._wake = scope
-                await trio.lowlevel.wait_readable(sock)
+                await self._readable(sock)
                 now = trio.current_time()
                 while True:
                     try:
@@ -366,6 +369,7 @@ class BattleClient:
                         self._bytes_in += len(data)
                         path.receive(data, addr[:2], now)
             self._wake = None
+            self._check_socket(sock)
             now = trio.current_time()
             for transit in path.due(now):
                 if self._silent:
@@ -375,6 +379,17 @@ class BattleClient:
                 else:
                     conn.receive_datagram(transit.data, transit.addr, now)
             conn.tick(now)
+
+    async def _readable(self, sock: socket.socket) -> None:
+        await trio.lowlevel.wait_readable(sock)
+        self._check_socket(sock)
+
+    def _check_socket(self, sock: socket.socket) -> None:
+        """`reconnect()` may swap and close the socket while no task waits on it, where
+        `notify_closing` has no one to tell: from `on_frame`, which runs in this task, or after
+        this task was woken (by data or by its deadline) but before it ran."""
+        if sock is not self._sock:
+            raise trio.ClosedResourceError("the socket was replaced by a reconnect")
 
     def _send(self, sock: socket.socket, data: bytes, addr: Address) -> None:
         with contextlib.suppress(BlockingIOError, ConnectionRefusedError):

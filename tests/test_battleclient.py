@@ -289,3 +289,44 @@ def test_duplicates_and_clear() -> None:
     assert path.pending_out == 0 and path.next_deadline() is None
     assert path.due(1.0) == []
     assert path.outgoing.datagrams == 5  # counters and random streams carry on
+
+
+# --- reconnect racing the serve loop ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("impairment", [None, LinkProfile(delay=0.001)], ids=["plain", "impaired"])
+async def test_reconnect_from_inside_the_serve_loop(
+    impairment: LinkProfile | None, tmp_path: Path
+) -> None:
+    """`on_frame` runs inside the serve task, so a reconnect made there swaps the socket while
+    no task waits on the old one: the loop must move to the new socket, not touch the closed
+    one (the same happens when a reconnect lands after the loop was woken but before it ran)."""
+    config = RoomConfig(tick_rate=HZ, start_timeout=15, disconnect_timeout=5.0, max_duration=120)
+    async with control_server() as lobby:
+        host = start_host(lobby.port, tmp_path)
+        try:
+            server = await lobby.wait_ready()
+            key = os.urandom(32)
+            reply = await lobby.create_room(1, 107, 1, config, key)
+            assert isinstance(reply, RoomCreated), reply
+            ticket, keys = ticket_for(key, 107, 1, 0)
+            client = BattleClient(ticket, keys, server, impairment=impairment)
+            at = {10, 20}
+
+            def on_frame(frame: Frame) -> None:
+                if frame.number in at:
+                    at.discard(frame.number)
+                    client.reconnect()
+
+            client.on_frame = on_frame
+            with trio.fail_after(30):
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(client.run)
+                    await until(lambda: len(client.frames) >= 40, 20)
+                    assert client.stats.reconnects == 2
+                    numbers = [f.number for f in client.frames]
+                    assert numbers == list(range(1, len(numbers) + 1))
+                    await _finish(lobby, [client], 107)
+            assert client.closed
+        finally:
+            stop_host(host)
