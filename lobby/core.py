@@ -2,9 +2,12 @@
 
 No sockets, no clock, no threads: the shell feeds in decoded client and control messages with
 ``now`` (unix seconds), calls ``poll(now)`` by ``next_deadline()``, and carries out what
-``take_outputs()`` returns (`outputs.py`). Storage is the synchronous `LobbyStore`. The
-password KDF is the one slow step; it is handed out as a HashPassword/CheckPassword output
-and its answer comes back through ``password_hashed``/``password_checked``.
+``take_outputs()`` returns (`outputs.py`). Storage and the password KDF are effects: the core
+hands out a FindAccount, LoadRatings, HashPassword, ... output and its answer comes back
+through the method of the same step (``account_found``, ``ratings_loaded``,
+``password_hashed``, ...) or ``effect_failed``, so the core never waits on a disk, a network
+store or a slow hash. The matches in progress are held in memory by `RoomDesk` and written
+through; the shell passes in the ones the store kept when it starts.
 
 Decisions:
 
@@ -20,20 +23,25 @@ Decisions:
   assigned team by team, and the `Allocator` picks a host. While no host has a free room the
   match waits up to ``allocation_wait``; then, or when every attempt failed, its players get
   `match_cancelled` (not requeued: they may queue again at once).
-* **Matches in progress** live in the store, so a player who logs in again (here or, later, on
-  another lobby node) gets `match_ready` with a fresh ticket for the same slot. A restarted
+* **Matches in progress** are also kept in the store, so a player who logs in again (also
+  after a lobby restart) gets `match_ready` with a fresh ticket for the same slot. A restarted
   lobby gives hosts one lease to re-register; matches whose rooms are not re-adopted by then
   are aborted.
 * **Results.** Ratings change only for a result the room decided by vote (reason "result")
   naming a valid winning team, or an explicit draw (``"winner": nil``); anything else is
-  recorded as no contest. Results are idempotent by match id (the store) and always acked.
+  recorded as no contest. Results are idempotent by match id (the store) and acked once
+  stored; a store that fails leaves the result unacked, so the host sends it again.
+* **Storage answers arrive later.** A request waiting on the store holds its place: a second
+  login on the same connection is refused while the first is in flight; a queue request
+  holds its ticket id (cancel works) until the ratings come; answers for a connection that
+  closed meanwhile are dropped. A failed read answers the request `unavailable`.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from battle.control import (
@@ -44,6 +52,7 @@ from lobby import protocol as proto
 from lobby.accounts import (
     SessionTokenError,
     issue_session_token,
+    validate_device_id,
     validate_name,
     validate_password,
     verify_session_token,
@@ -64,13 +73,22 @@ from lobby.matchmaker import (
 from lobby.outputs import (
     CheckPassword,
     Close,
+    CreateAccount,
+    CreateDeviceAccount,
+    Effect,
+    FindAccount,
     HashPassword,
+    LoadHistory,
+    LoadRatings,
+    LoadStats,
     Outbox,
     Output,
+    RecordResult,
 )
-from lobby.rooms import RoomDesk, outcome
+from lobby.ratings import Rating
+from lobby.rooms import RoomDesk, Settlement, outcome
 from lobby.settings import LobbySettings
-from lobby.store import LobbyStore, NameTaken
+from lobby.store import Account, HistoryEntry, MatchRecord
 
 _AuthRequest = (
     proto.Register | proto.RegisterDevice | proto.Login | proto.LoginDevice | proto.Resume
@@ -93,9 +111,21 @@ class _Client:
     refilled_at: float
     hello: bool = False
     player_id: int | None = None
-    authenticating: bool = False
+    auth: _AuthRequest | None = None
+    """The login or register request in flight (waiting on the store or the KDF)."""
     throttled: bool = False
     """Told `too_fast` since its last admitted message."""
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingQueue:
+    """A queue request waiting for its players' ratings."""
+
+    conn: int
+    player_id: int
+    msg: proto.Queue
+    members: tuple[int, ...]
+    at: float
 
 
 @dataclass(slots=True)
@@ -108,14 +138,14 @@ class LobbyCore:
     def __init__(
         self,
         settings: LobbySettings,
-        store: LobbyStore,
         *,
         session_secret: bytes,
         now: float,
+        matches: Sequence[MatchRecord] = (),
         entropy: Callable[[int], bytes] = os.urandom,
     ) -> None:
+        """`matches`: the matches in progress the store kept (from a previous run)."""
         self.settings = settings
-        self.store = store
         self._secret = session_secret
         self._entropy = entropy
         self.matchmaker = Matchmaker(
@@ -126,11 +156,12 @@ class LobbyCore:
             decline_cooldown=settings.decline_cooldown,
         )
         self.out = Outbox()
-        self.rooms = RoomDesk(settings, store, self.out, now=now, entropy=entropy)
+        self.rooms = RoomDesk(settings, self.out, now=now, matches=matches, entropy=entropy)
         self._clients: dict[int, _Client] = {}
         self._online = self.out.online  # player id -> conn
         self._ticket_of: dict[int, int] = {}  # player id -> matchmaker ticket id
         self._tickets: dict[int, Ticket] = {}
+        self._pending: dict[int, _PendingQueue] = {}  # ticket id -> queue request
         self._next_ticket = 1
         self._queue_stats: dict[tuple[str, str], _QueueStats] = {}
 
@@ -175,8 +206,8 @@ class LobbyCore:
 
     @property
     def queued_tickets(self) -> int:
-        """Tickets waiting in a queue or in a ready check."""
-        return len(self._tickets)
+        """Tickets waiting in a queue or in a ready check (or for their players' ratings)."""
+        return len(self._tickets) + len(self._pending)
 
     # --- client connections -------------------------------------------------------------------
 
@@ -223,37 +254,149 @@ class LobbyCore:
         else:
             self._on_player_request(client, client.player_id, msg, now)
 
+    # --- answers to effects ------------------------------------------------------------------
+
+    def account_found(self, conn: int, account: Account | None, now: float) -> None:
+        client = self._clients.get(conn)
+        if client is None or client.auth is None:
+            return
+        msg = client.auth
+        if isinstance(msg, proto.Register | proto.RegisterDevice):
+            if account is not None:
+                taken = (
+                    f"{msg.name!r} is taken"
+                    if isinstance(msg, proto.Register)
+                    else "device already registered: log in"
+                )
+                self._auth_error(client, proto.ErrorCode.NAME_TAKEN, taken)
+            elif isinstance(msg, proto.Register):
+                self.out.append(HashPassword(conn, msg.rid, msg.name, msg.password))
+            else:
+                self.out.append(CreateDeviceAccount(conn, msg.device_id))
+        elif isinstance(msg, proto.Login):
+            self.out.append(
+                CheckPassword(
+                    conn,
+                    msg.rid,
+                    account.player_id if account else None,
+                    msg.password,
+                    account.password_hash if account else None,
+                )
+            )
+        elif account is None:
+            self.out.count("login_failures")
+            unknown = "unknown device" if isinstance(msg, proto.LoginDevice) else "no such account"
+            self._auth_error(client, proto.ErrorCode.BAD_CREDENTIALS, unknown)
+        else:
+            self._login(client, account.player_id, account.name, msg.rid, now)
+
     def password_hashed(
         self, conn: int, rid: int | None, name: str, encoded: str, now: float
     ) -> None:
         client = self._clients.get(conn)
-        if client is None:
+        if client is None or client.auth is None:
             return
-        client.authenticating = False
-        try:
-            player_id = self.store.create_account(name, encoded)
-        except NameTaken:
-            self._send(
-                conn, _err(proto.ErrorCode.NAME_TAKEN, f"{name!r} is taken", "register", rid)
-            )
+        self.out.append(CreateAccount(conn, name, encoded))
+
+    def account_created(self, conn: int, player_id: int | None, now: float) -> None:
+        """`player_id` None: the name was taken meanwhile (by another connection or node)."""
+        client = self._clients.get(conn)
+        if client is None or client.auth is None:
+            return
+        msg = client.auth
+        name = msg.name if isinstance(msg, proto.Register) else None
+        if player_id is None:
+            taken = f"{name!r} is taken" if name else "device already registered: log in"
+            self._auth_error(client, proto.ErrorCode.NAME_TAKEN, taken)
             return
         self.out.count("accounts_created")
-        self._login(client, player_id, rid, now)
+        self._login(client, player_id, name, msg.rid, now)
 
     def password_checked(
         self, conn: int, rid: int | None, player_id: int | None, ok: bool, now: float
     ) -> None:
         client = self._clients.get(conn)
-        if client is None:
+        if client is None or client.auth is None:
             return
-        client.authenticating = False
-        if not ok or player_id is None:
+        msg = client.auth
+        if not ok or player_id is None or not isinstance(msg, proto.Login):
             self.out.count("login_failures")
-            self._send(
-                conn, _err(proto.ErrorCode.BAD_CREDENTIALS, "wrong name or password", "login", rid)
+            self._auth_error(client, proto.ErrorCode.BAD_CREDENTIALS, "wrong name or password")
+            return
+        self._login(client, player_id, msg.name, rid, now)
+
+    def ratings_loaded(
+        self, conn: int, ticket_id: int, ratings: Mapping[int, Rating], now: float
+    ) -> None:
+        pending = self._pending.pop(ticket_id, None)
+        if pending is not None:
+            self._enqueue(ticket_id, pending, ratings, now)
+
+    def stats_loaded(
+        self, conn: int, rid: int | None, rating: Rating, played: int, now: float
+    ) -> None:
+        if conn in self._clients:
+            self._send(conn, proto.Rating(rating.mu, rating.sigma, rating.ordinal, played, rid))
+
+    def history_loaded(
+        self, conn: int, rid: int | None, entries: Sequence[HistoryEntry], now: float
+    ) -> None:
+        if conn not in self._clients:
+            return
+        answer = tuple(
+            proto.HistoryEntry(
+                h.match_id,
+                h.mode,
+                outcome(h.result, h.team),
+                h.ended_at,
+                h.rating_before.ordinal,
+                h.rating_after.ordinal,
+            )
+            for h in entries
+        )
+        self._send(conn, proto.History(answer, rid))
+
+    def result_recorded(
+        self, conn: int, record: MatchRecord, settled: Settlement, fresh: bool, now: float
+    ) -> None:
+        self.rooms.result_recorded(conn, record, settled, fresh, now)
+
+    def effect_failed(self, effect: Effect, error: str, now: float) -> None:
+        """The store (or the KDF) could not do it: answer the request that waits on it."""
+        self.out.count("store_failures")
+        self.out.note("effect_failed", "warning", effect=type(effect).__name__, error=error)
+        if isinstance(effect, RecordResult):
+            self.rooms.result_not_recorded(effect.record.match_id, error)
+            return
+        if isinstance(effect, LoadRatings):
+            pending = self._pending.pop(effect.ticket_id, None)
+            if pending is None:
+                return
+            self._forget_pending(effect.ticket_id, pending)
+            self._error(
+                pending.conn, pending.msg, proto.ErrorCode.UNAVAILABLE, "storage unavailable"
             )
             return
-        self._login(client, player_id, rid, now)
+        if isinstance(effect, LoadStats | LoadHistory):
+            request = "get_rating" if isinstance(effect, LoadStats) else "get_history"
+            if effect.conn in self._clients:
+                self.out.count(f"client_error_{proto.ErrorCode.UNAVAILABLE}")
+                self._send(
+                    effect.conn,
+                    _err(proto.ErrorCode.UNAVAILABLE, "storage unavailable", request, effect.rid),
+                )
+            return
+        if isinstance(effect, FindAccount | CreateAccount | CreateDeviceAccount):
+            client = self._clients.get(effect.conn)
+            if client is not None and client.auth is not None:
+                self._auth_error(client, proto.ErrorCode.UNAVAILABLE, "storage unavailable")
+        # SaveMatch / EndMatch: the shell retries writes; nothing waits on them here.
+
+    def _auth_error(self, client: _Client, code: proto.ErrorCode, text: str) -> None:
+        msg = client.auth
+        client.auth = None
+        if msg is not None:
+            self._error(client.conn, msg, code, text)
 
     # --- requests -------------------------------------------------------------------------------
 
@@ -300,54 +443,34 @@ class LobbyCore:
         now: float,
     ) -> None:
         conn = client.conn
-        if client.player_id is not None or client.authenticating:
+        if client.player_id is not None or client.auth is not None:
             self._error(conn, msg, proto.ErrorCode.ALREADY_LOGGED_IN, "already logged in")
             return
+        find: FindAccount
         try:
             if isinstance(msg, proto.Register):
                 validate_name(msg.name)
                 validate_password(msg.password)
-                if self.store.account_by_name(msg.name) is not None:
-                    self._error(conn, msg, proto.ErrorCode.NAME_TAKEN, f"{msg.name!r} is taken")
-                    return
-                client.authenticating = True
-                self.out.append(HashPassword(conn, msg.rid, msg.name, msg.password))
+                find = FindAccount(conn, "name", msg.name)
             elif isinstance(msg, proto.Login):
-                account = self.store.account_by_name(msg.name)
-                client.authenticating = True
-                self.out.append(
-                    CheckPassword(
-                        conn,
-                        msg.rid,
-                        account.player_id if account else None,
-                        msg.password,
-                        account.password_hash if account else None,
-                    )
-                )
-            elif isinstance(msg, proto.RegisterDevice):
-                if self.store.account_by_device(msg.device_id) is not None:
-                    self._error(
-                        conn, msg, proto.ErrorCode.NAME_TAKEN, "device already registered: log in"
-                    )
-                    return
-                player_id = self.store.create_device_account(msg.device_id)
-                self.out.count("accounts_created")
-                self._login(client, player_id, msg.rid, now)
-            elif isinstance(msg, proto.LoginDevice):
-                account = self.store.account_by_device(msg.device_id)
-                if account is None:
-                    self.out.count("login_failures")
-                    self._error(conn, msg, proto.ErrorCode.BAD_CREDENTIALS, "unknown device")
-                    return
-                self._login(client, account.player_id, msg.rid, now)
+                find = FindAccount(conn, "name", msg.name)
+            elif isinstance(msg, proto.RegisterDevice | proto.LoginDevice):
+                validate_device_id(msg.device_id)
+                find = FindAccount(conn, "device", msg.device_id)
             else:
-                self._resume(client, msg, now)
+                player_id = self._verify_token(client, msg, now)
+                if player_id is None:
+                    return
+                find = FindAccount(conn, "id", player_id)
         except ValueError as exc:
             self._error(conn, msg, proto.ErrorCode.BAD_FIELD, str(exc))
+            return
+        client.auth = msg
+        self.out.append(find)
 
-    def _resume(self, client: _Client, msg: proto.Resume, now: float) -> None:
+    def _verify_token(self, client: _Client, msg: proto.Resume, now: float) -> int | None:
         try:
-            player_id = verify_session_token(self._secret, msg.session_token, now)
+            return verify_session_token(self._secret, msg.session_token, now)
         except SessionTokenError as exc:
             self.out.count("resume_failures")
             code = (
@@ -356,13 +479,12 @@ class LobbyCore:
                 else proto.ErrorCode.BAD_CREDENTIALS
             )
             self._error(client.conn, msg, code, f"session token refused: {exc.reason}")
-            return
-        if self.store.account(player_id) is None:
-            self._error(client.conn, msg, proto.ErrorCode.BAD_CREDENTIALS, "no such account")
-            return
-        self._login(client, player_id, msg.rid, now)
+            return None
 
-    def _login(self, client: _Client, player_id: int, rid: int | None, now: float) -> None:
+    def _login(
+        self, client: _Client, player_id: int, name: str | None, rid: int | None, now: float
+    ) -> None:
+        client.auth = None
         old = self._online.get(player_id)
         if old is not None and old != client.conn:
             self._send(old, proto.Kicked("logged in from another connection"))
@@ -373,8 +495,7 @@ class LobbyCore:
         client.player_id = player_id
         self._online[player_id] = client.conn
         self.out.count("logins")
-        account = self.store.account(player_id)
-        name = account.name if account is not None and account.name else f"player-{player_id}"
+        name = name or f"player-{player_id}"
         expires = now + self.settings.session_lifetime
         token = issue_session_token(self._secret, player_id, expires, nonce=self._entropy(16))
         self._send(client.conn, proto.LoggedIn(player_id, name, token, expires, rid))
@@ -382,7 +503,7 @@ class LobbyCore:
         for proposal in self.matchmaker.pending_proposals():
             if player_id in proposal.player_ids:
                 self._send(client.conn, _proposed(proposal))
-        record = self.store.match_for_player(player_id)
+        record = self.rooms.match_for_player(player_id)
         if record is not None:
             self.out.count("tickets_reissued")
             self.rooms.send_match_ready(record, player_id, now)
@@ -408,22 +529,9 @@ class LobbyCore:
                 return
             self._run_matchmaker(now)  # the last accept releases the match at once
         elif isinstance(msg, proto.GetRating):
-            r = self.store.rating(pid)
-            played = self.store.matches_played(pid)
-            self._send(conn, proto.Rating(r.mu, r.sigma, r.ordinal, played, msg.rid))
+            self.out.append(LoadStats(conn, msg.rid, pid))
         elif isinstance(msg, proto.GetHistory):
-            entries = tuple(
-                proto.HistoryEntry(
-                    h.match_id,
-                    h.mode,
-                    outcome(h.result, h.team),
-                    h.ended_at,
-                    h.rating_before.ordinal,
-                    h.rating_after.ordinal,
-                )
-                for h in self.store.history(pid, msg.limit)
-            )
-            self._send(conn, proto.History(entries, msg.rid))
+            self.out.append(LoadHistory(conn, msg.rid, pid, msg.limit))
         elif isinstance(msg, proto.Logout):
             self._cancel_queued(pid, now)
             del self._online[pid]
@@ -446,13 +554,39 @@ class LobbyCore:
             if member != pid and member not in self._online:
                 self._error(conn, msg, proto.ErrorCode.BAD_PARTY, f"player {member} is offline")
                 return
-        ratings = {m: self.store.rating(m) for m in members}
+        if any(m in self._ticket_of for m in members):
+            busy = next(m for m in members if m in self._ticket_of)
+            self._error(conn, msg, proto.ErrorCode.ALREADY_QUEUED, f"player {busy} is queued")
+            return
+        if all(m.name != msg.mode for m in self.settings.modes):
+            self._error(conn, msg, proto.ErrorCode.UNKNOWN_MODE, f"unknown mode {msg.mode!r}")
+            return
+        # The ticket id is taken now, so the request can be cancelled while ratings load.
+        tid = self._next_ticket
+        self._next_ticket += 1
+        self._pending[tid] = _PendingQueue(conn, pid, msg, members, now)
+        for member in members:
+            self._ticket_of[member] = tid
+        self.out.append(LoadRatings(conn, tid, members))
+
+    def _enqueue(
+        self, tid: int, pending: _PendingQueue, ratings: Mapping[int, Rating], now: float
+    ) -> None:
+        conn, pid, msg, members = pending.conn, pending.player_id, pending.msg, pending.members
+        self._forget_pending(tid, pending)
+        # Things may have changed while the ratings loaded.
+        gone = next(
+            (m for m in members if self._online.get(m) is None or self.rooms.in_match(m)), None
+        )
+        if gone is not None or any(m not in ratings for m in members):
+            self._error(conn, msg, proto.ErrorCode.BAD_PARTY, f"player {gone} is offline or busy")
+            return
         ticket = Ticket(
-            self._next_ticket,
+            tid,
             tuple(QueuedPlayer(m, ratings[m].ordinal, ratings[m].sigma) for m in members),
             msg.mode,
             msg.region,
-            now,
+            pending.at,
         )
         try:
             self.matchmaker.enqueue(ticket, now)
@@ -469,7 +603,6 @@ class LobbyCore:
                 text = f"{text} (for {exc.until - now:.0f} s)"
             self._error(conn, msg, code, text)
             return
-        self._next_ticket += 1
         self._tickets[ticket.ticket_id] = ticket
         for member in members:
             self._ticket_of[member] = ticket.ticket_id
@@ -480,16 +613,29 @@ class LobbyCore:
             rid = msg.rid if member == pid else None
             self._push(member, proto.Queued(ticket.ticket_id, msg.mode, msg.region, wait, rid))
 
+    def _forget_pending(self, tid: int, pending: _PendingQueue) -> None:
+        for member in pending.members:
+            if self._ticket_of.get(member) == tid:
+                del self._ticket_of[member]
+
     def _cancel_queued(self, pid: int, now: float) -> None:
         """Drop the player's ticket if it is waiting in a queue (not in a ready check)."""
         tid = self._ticket_of.get(pid)
-        if tid is not None and self.matchmaker.queued_ticket(tid) is not None:
+        if tid is not None and (
+            tid in self._pending or self.matchmaker.queued_ticket(tid) is not None
+        ):
             self._cancel_ticket(tid, now)
 
     def _cancel_ticket(
         self, tid: int, now: float, *, rid: int | None = None, by: int | None = None
     ) -> None:
         """Cancel a party's ticket; every member is told (the one who asked with `rid`)."""
+        pending = self._pending.pop(tid, None)
+        if pending is not None:  # still loading ratings: the matchmaker never saw it
+            self._forget_pending(tid, pending)
+            for member in pending.members:
+                self._push(member, proto.QueueCancelled(tid, rid if member == by else None))
+            return
         in_check = self.matchmaker.queued_ticket(tid) is None
         try:
             self.matchmaker.cancel(tid, now)

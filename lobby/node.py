@@ -1,9 +1,10 @@
-"""One lobby node as a process: its data directory, its secret, its signals.
+"""One lobby node as a process: its data directory, its secret, its store, its signals.
 
-The data directory holds the SQLite store (`lobby.sqlite3`) and the session-token secret
-(`session.key`, 32 random bytes made on first start, mode 0600). Both must survive restarts:
-a new secret logs every player out, a lost store loses accounts and ratings. Keep the
-directory private: the store also holds the ticket keys of matches in progress.
+The data directory holds the session-token secret (`session.key`, 32 random bytes made on
+first start, mode 0600) and, unless the node is given a Redis URL, the SQLite store
+(`lobby.sqlite3`). Both must survive restarts: a new secret logs every player out, a lost
+store loses accounts and ratings. Keep them private: the store also holds the ticket keys of
+matches in progress. Nodes sharing one Redis must share one `session.key` too.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-from contextlib import suppress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import structlog
@@ -20,11 +22,15 @@ import trio
 from battle.gctune import tune_gc
 from lobby.server import LobbyServer
 from lobby.settings import ListenSettings, LobbySettings
-from lobby.store import SqliteStore
+from lobby.store import AsyncStore, LocalStore, MatchRecord, SqliteStore
 
 SECRET_FILE = "session.key"
 STORE_FILE = "lobby.sqlite3"
 _SECRET_SIZE = 32
+_REDIS_TIMEOUT = 2.0
+"""Seconds a Redis call may take before it counts as unreachable (reads answer unavailable,
+writes are retried)."""
+_STARTUP_RETRY = 1.0
 
 log = structlog.get_logger("framesync.lobby")
 
@@ -62,8 +68,16 @@ async def run_lobby_node(
     data_dir = listen.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     secret = load_or_create_secret(data_dir / SECRET_FILE)
-    with SqliteStore(data_dir / STORE_FILE) as store:
-        server = LobbyServer(settings, listen, store, session_secret=secret)
+    async with _open_store(listen) as (store, transient):
+        matches = await _matches_in_progress(store, transient)
+        server = LobbyServer(
+            settings,
+            listen,
+            store,
+            session_secret=secret,
+            matches=matches,
+            transient=transient,
+        )
         async with trio.open_nursery() as nursery:
             client_port, control_port = await nursery.start(server.run)
             if ports_file is not None:
@@ -74,6 +88,55 @@ async def run_lobby_node(
             await server.finished.wait()
             nursery.cancel_scope.cancel()
     log.info("lobby_stopped", **server.stats())
+
+
+_Transient = tuple[type[BaseException], ...]
+
+
+@asynccontextmanager
+async def _open_store(listen: ListenSettings) -> AsyncIterator[tuple[AsyncStore, _Transient]]:
+    """SQLite in the data directory, or Redis when the node was given a URL."""
+    if listen.redis_url is None:
+        with SqliteStore(listen.data_dir / STORE_FILE) as sqlite:
+            yield LocalStore(sqlite), (OSError,)
+        return
+    try:
+        import coredis  # noqa: PLC0415 - the optional redis extra
+        from coredis import exceptions  # noqa: PLC0415
+    except ImportError:
+        raise SystemExit(
+            "framesync lobby: --redis needs the redis extra: pip install 'framesync[redis]'"
+        ) from None
+    from lobby.redisstore import RedisStore  # noqa: PLC0415
+
+    client: coredis.Redis[bytes] = coredis.Redis.from_url(
+        listen.redis_url,
+        decode_responses=False,
+        stream_timeout=_REDIS_TIMEOUT,
+        connect_timeout=_REDIS_TIMEOUT,
+    )
+    transient: _Transient = (
+        OSError,
+        TimeoutError,
+        exceptions.ConnectionError,
+        exceptions.BusyLoadingError,
+        exceptions.TryAgainError,
+        exceptions.ReadOnlyError,
+        exceptions.ClusterDownError,
+    )
+    async with client:
+        log.info("lobby_store", backend="redis", prefix=listen.redis_prefix)
+        yield RedisStore(client, prefix=listen.redis_prefix), transient
+
+
+async def _matches_in_progress(store: AsyncStore, transient: _Transient) -> list[MatchRecord]:
+    """What a previous run left in progress; a store that is not up yet is waited for."""
+    while True:
+        try:
+            return await store.matches_in_progress()
+        except transient as exc:
+            log.warning("store_unreachable", error=f"{type(exc).__name__}: {exc}")
+            await trio.sleep(_STARTUP_RETRY)
 
 
 async def _serve_metrics(server: LobbyServer, port: int) -> None:

@@ -2,16 +2,23 @@
 
 The shell drains `LobbyCore.take_outputs()` after every call into the core and carries each
 out in order. Connection ids are the shell's; the core never sees a socket.
+
+Storage is an effect too (`Effect`): the core never waits on a store, so the same core runs
+over embedded SQLite and over Redis shared by several lobby nodes. Each read or account
+effect names the `LobbyCore` method its answer goes to (or `effect_failed`); writes of the
+matches in progress (`SaveMatch`, `EndMatch`) and results (`RecordResult`) are carried out
+one at a time in the order given, so a match is never ended before it was saved.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from battle.control import ControlMessage
+from battle.control import ControlMessage, RoomResult
 from lobby.protocol import ServerMessage
+from lobby.store import MatchRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +77,100 @@ class CheckPassword:
 
 
 @dataclass(frozen=True, slots=True)
+class FindAccount:
+    """Look an account up by name, device id or player id; answer `account_found`."""
+
+    conn: int
+    by: Literal["name", "device", "id"]
+    key: str | int = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CreateAccount:
+    """Create a name + password account; answer `account_created` (None: name taken)."""
+
+    conn: int
+    name: str
+    encoded: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CreateDeviceAccount:
+    """Create (or find, if it raced another) a device account; answer `account_created`."""
+
+    conn: int
+    device_id: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRatings:
+    """Read the ratings of a queue request's players; answer `ratings_loaded`."""
+
+    conn: int
+    ticket_id: int
+    player_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadStats:
+    """Read one player's rating and matches played; answer `stats_loaded`."""
+
+    conn: int
+    rid: int | None
+    player_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoadHistory:
+    """Read one player's recent matches; answer `history_loaded`."""
+
+    conn: int
+    rid: int | None
+    player_id: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class SaveMatch:
+    """Store a match in progress (a write: in order, retried while the store is down)."""
+
+    record: MatchRecord
+
+
+@dataclass(frozen=True, slots=True)
+class EndMatch:
+    """Forget a match in progress (a write: in order, retried while the store is down)."""
+
+    match_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecordResult:
+    """Rate a finished match and record it once (`rooms.settle`, then the store's
+    ``record_result``); answer `result_recorded`, or `effect_failed` (the result is then
+    not acked, so the host sends it again)."""
+
+    conn: int
+    record: MatchRecord
+    result: RoomResult
+    at: float
+
+
+Effect = (
+    FindAccount
+    | CreateAccount
+    | CreateDeviceAccount
+    | LoadRatings
+    | LoadStats
+    | LoadHistory
+    | SaveMatch
+    | EndMatch
+    | RecordResult
+)
+WRITES = (SaveMatch, EndMatch, RecordResult)
+
+
+@dataclass(frozen=True, slots=True)
 class Note:
     """Something worth a log line; `fields` are plain values."""
 
@@ -78,7 +179,7 @@ class Note:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-Output = Send | Close | SendControl | CloseControl | HashPassword | CheckPassword | Note
+Output = Send | Close | SendControl | CloseControl | HashPassword | CheckPassword | Effect | Note
 
 
 class Outbox:

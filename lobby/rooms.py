@@ -4,13 +4,18 @@
 stores the match in progress and sends every player MATCH_READY; it serves the room hosts'
 control connections (register, heartbeat, replies, room events) and turns a room's result
 into ratings and history. Decisions are in core.py's docstring.
+
+The matches in progress are held here, in memory, and written through to the store as
+effects (`SaveMatch`, `EndMatch`, `RecordResult`): this desk is their one writer, so its view
+is the truth, and a restarted lobby starts from what the store kept.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from battle.config import RosterEntry
 from battle.control import (
@@ -44,10 +49,10 @@ from lobby.allocation import (
     StrayRoom,
 )
 from lobby.matchmaker import Proposal
-from lobby.outputs import CloseControl, Outbox, SendControl
+from lobby.outputs import CloseControl, EndMatch, Outbox, RecordResult, SaveMatch, SendControl
 from lobby.ratings import Rating, rate_match
 from lobby.settings import LobbySettings
-from lobby.store import LobbyStore, MatchRecord, PlayerInMatch, StoreError
+from lobby.store import MatchRecord
 
 
 @dataclass(slots=True)
@@ -69,18 +74,71 @@ class _Forming:
     requested: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What a room's result does to ratings and history (`settle`)."""
+
+    teams: tuple[tuple[int, ...], ...]
+    before: dict[int, Rating]
+    after: dict[int, Rating]
+    stored: dict[str, Any]
+    """The result as recorded: reason, rated, winner, frames, desyncs and the room's own."""
+
+    @property
+    def rated(self) -> bool:
+        return bool(self.stored["rated"])
+
+
+def settle(record: MatchRecord, msg: RoomResult, before: Mapping[int, Rating]) -> Settlement:
+    """Rate a finished match from its players' ratings before it (pure: the shell calls it
+    between reading the ratings and recording the result)."""
+    team_count = max(e.team for e in record.roster) + 1
+    teams = tuple(
+        team
+        for team in (
+            tuple(e.player_id for e in record.roster if e.team == t) for t in range(team_count)
+        )
+        if team
+    )
+    start = {pid: before[pid] for team in teams for pid in team}
+    winner = msg.result.get("winner", "absent")
+    rated = (
+        msg.reason == "result"
+        and len(teams) >= 2
+        and (winner is None or (type(winner) is int and 0 <= winner < len(teams)))
+    )
+    after: dict[int, Rating] = dict(start)
+    if rated:
+        won = winner if isinstance(winner, int) else None
+        new = rate_match([[start[p] for p in team] for team in teams], won)
+        after = {
+            pid: r
+            for team, rs in zip(teams, new, strict=True)
+            for pid, r in zip(team, rs, strict=True)
+        }
+    stored = {
+        "reason": msg.reason,
+        "rated": rated,
+        "winner": winner if rated else None,
+        "frames": msg.frames,
+        "desyncs": msg.desyncs,
+        "room": msg.result,
+    }
+    return Settlement(teams, start, after, stored)
+
+
 class RoomDesk:
     def __init__(
         self,
         settings: LobbySettings,
-        store: LobbyStore,
         out: Outbox,
         *,
         now: float,
+        matches: Sequence[MatchRecord] = (),
         entropy: Callable[[int], bytes] = os.urandom,
     ) -> None:
+        """`matches` are the ones in progress the store kept from a previous run."""
         self.settings = settings
-        self.store = store
         self.out = out
         self._entropy = entropy
         self.registry = HostRegistry(settings.host_lease)
@@ -94,8 +152,12 @@ class RoomDesk:
         self._host_conns: dict[str, int] = {}  # host id -> conn
         self._forming: dict[int, _Forming] = {}  # match id -> accepted match
         self._forming_player: dict[int, int] = {}  # player id -> match id
+        self._matches: dict[int, MatchRecord] = {}  # match id -> match in progress
+        self._match_of: dict[int, int] = {}  # player id -> match id
+        for record in matches:
+            self._hold(record)
         # Matches a previous run left in progress: their hosts get one lease to re-adopt them.
-        self._unclaimed = {m.match_id for m in store.matches_in_progress()}
+        self._unclaimed = set(self._matches)
         self._claim_deadline: float | None = now + settings.host_lease if self._unclaimed else None
 
     def next_deadline(self) -> float | None:
@@ -109,15 +171,42 @@ class RoomDesk:
         if self._claim_deadline is not None and now >= self._claim_deadline:
             self._claim_deadline = None
             for match_id in sorted(self._unclaimed):
-                record = self.store.match(match_id)
+                record = self._matches.get(match_id)
                 if record is not None:
                     self._abort(record, "its room host did not come back after a lobby restart")
             self._unclaimed.clear()
 
     def in_match(self, player_id: int) -> bool:
         """Playing, or accepted and waiting for a room."""
-        return (
-            player_id in self._forming_player or self.store.match_for_player(player_id) is not None
+        return player_id in self._forming_player or player_id in self._match_of
+
+    def match_for_player(self, player_id: int) -> MatchRecord | None:
+        match_id = self._match_of.get(player_id)
+        return self._matches.get(match_id) if match_id is not None else None
+
+    def match(self, match_id: int) -> MatchRecord | None:
+        return self._matches.get(match_id)
+
+    @property
+    def matches_in_progress(self) -> int:
+        return len(self._matches)
+
+    def _hold(self, record: MatchRecord) -> None:
+        self._matches[record.match_id] = record
+        for entry in record.roster:
+            self._match_of[entry.player_id] = record.match_id
+
+    def _release(self, match_id: int) -> MatchRecord | None:
+        record = self._matches.pop(match_id, None)
+        if record is not None:
+            for entry in record.roster:
+                if self._match_of.get(entry.player_id) == match_id:
+                    del self._match_of[entry.player_id]
+        return record
+
+    def _on_host(self, host_id: str) -> list[MatchRecord]:
+        return sorted(
+            (r for r in self._matches.values() if r.host_id == host_id), key=lambda r: r.match_id
         )
 
     @property
@@ -243,12 +332,16 @@ class RoomDesk:
             roster=forming.roster,
             started_at=now,
         )
-        try:
-            self.store.put_match(record)
-        except PlayerInMatch:
+        if any(
+            self._match_of.get(e.player_id, record.match_id) != record.match_id
+            for e in record.roster
+        ):
             self.allocator.on_match_ended(event.match_id)
             self._fail_forming(forming, "a player is already in another match")
             return
+        self._release(record.match_id)
+        self._hold(record)
+        self.out.append(SaveMatch(record))
         self.out.count("matches_started")
         self.out.note(
             "match_started",
@@ -303,14 +396,15 @@ class RoomDesk:
         )
         lost = set(event.match_ids)
         if event.reason is not HostLoss.RESTARTED:
-            lost.update(m.match_id for m in self.store.matches_on_host(event.host_id))
+            lost.update(m.match_id for m in self._on_host(event.host_id))
         for match_id in sorted(lost):
-            record = self.store.match(match_id)
+            record = self._matches.get(match_id)
             if record is not None and record.host_id == event.host_id:
                 self._abort(record, "the room host was lost")
 
     def _abort(self, record: MatchRecord, why: str) -> None:
-        self.store.end_match(record.match_id)
+        self._release(record.match_id)
+        self.out.append(EndMatch(record.match_id))
         self.allocator.on_match_ended(record.match_id)
         self._unclaimed.discard(record.match_id)
         self.out.count("matches_aborted")
@@ -424,7 +518,7 @@ class RoomDesk:
             rooms=len(msg.rooms),
         )
         running = set(msg.rooms)
-        for record in self.store.matches_on_host(msg.host_id):
+        for record in self._on_host(msg.host_id):
             if record.room_id in running:
                 self._unclaimed.discard(record.match_id)
             elif self.allocator.host_of(record.match_id) is None:
@@ -433,69 +527,50 @@ class RoomDesk:
         self._place_waiting(now)  # matches waiting for a host need not wait for the next poll
 
     def _on_result(self, conn: int, host_id: str, msg: RoomResult, now: float) -> None:
-        record = self.store.match(msg.match_id)
+        record = self._matches.get(msg.match_id)
         if record is None or record.host_id != host_id or record.room_id != msg.room_id:
             self.out.count("results_unknown")  # a duplicate, or a match aborted meanwhile
             self.out.append(SendControl(conn, ResultAck(msg.match_id)))
             return
-        team_count = max(e.team for e in record.roster) + 1
-        teams = [[e.player_id for e in record.roster if e.team == t] for t in range(team_count)]
-        teams = [t for t in teams if t]
-        before = {pid: self.store.rating(pid) for team in teams for pid in team}
-        winner = msg.result.get("winner", "absent")
-        rated = (
-            msg.reason == "result"
-            and len(teams) >= 2
-            and (winner is None or (type(winner) is int and 0 <= winner < len(teams)))
-        )
-        after: dict[int, Rating] = dict(before)
-        if rated:
-            won = winner if isinstance(winner, int) else None
-            new = rate_match([[before[p] for p in team] for team in teams], won)
-            after = {
-                pid: r
-                for team, rs in zip(teams, new, strict=True)
-                for pid, r in zip(team, rs, strict=True)
-            }
-        stored = {
-            "reason": msg.reason,
-            "rated": rated,
-            "winner": winner if rated else None,
-            "frames": msg.frames,
-            "desyncs": msg.desyncs,
-            "room": msg.result,
-        }
-        try:
-            fresh = self.store.record_result(
-                msg.match_id, stored, teams, before, after, now, mode=record.mode
-            )
-        except (StoreError, ValueError) as exc:
-            self.out.note("result_not_recorded", "error", match_id=msg.match_id, error=str(exc))
-            return  # not acked: the host keeps it and sends it again
-        self.out.append(SendControl(conn, ResultAck(msg.match_id)))
-        self.allocator.on_match_ended(msg.match_id)
+        # Held until recorded: a copy sent again meanwhile is recorded once by the store.
+        self.out.append(RecordResult(conn, record, msg, now))
+
+    def result_recorded(
+        self, conn: int, record: MatchRecord, settled: Settlement, fresh: bool, now: float
+    ) -> None:
+        """The store has the result (``fresh``: for the first time): ack it, tell players."""
+        self.out.append(SendControl(conn, ResultAck(record.match_id)))
+        self.allocator.on_match_ended(record.match_id)
+        if self._matches.get(record.match_id) == record:
+            self._release(record.match_id)
         if not fresh:
             return
+        stored = settled.stored
         self.out.count("results_recorded")
         self.out.note(
             "match_ended",
-            match_id=msg.match_id,
-            reason=msg.reason,
-            rated=rated,
+            match_id=record.match_id,
+            reason=stored["reason"],
+            rated=settled.rated,
             winner=stored["winner"],
-            desyncs=msg.desyncs,
+            desyncs=stored["desyncs"],
         )
-        for index, team in enumerate(teams):
+        for index, team in enumerate(settled.teams):
             for pid in team:
                 self.out.push(
                     pid,
                     proto.MatchEnded(
-                        msg.match_id,
+                        record.match_id,
                         outcome(stored, index),
-                        before[pid].ordinal,
-                        after[pid].ordinal,
+                        settled.before[pid].ordinal,
+                        settled.after[pid].ordinal,
                     ),
                 )
+
+    def result_not_recorded(self, match_id: int, error: str) -> None:
+        """Not acked: the host keeps the result and sends it again."""
+        self.out.count("results_not_recorded")
+        self.out.note("result_not_recorded", "error", match_id=match_id, error=error)
 
     def _random_u64(self) -> int:
         return int.from_bytes(self._entropy(8), "big")

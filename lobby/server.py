@@ -1,7 +1,9 @@
 """The lobby node's trio shell: TCP listeners, one task pair per connection, one ticker.
 
 Everything that decides lives in the sans-IO core (`core.py`); this file moves bytes, keeps
-time and runs the password KDF in worker threads. Per connection a reader task decodes frames
+time, and carries out the core's effects (`effects.py`): reads each in a task of its own, the
+KDF in worker threads, and store writes one at a time in order, retried with backoff while
+the store is unreachable. Per connection a reader task decodes frames
 into core calls and a writer task drains a bounded queue of encoded frames: a client that does
 not read its messages fills its queue and is disconnected, so one slow client never holds
 the event loop or the other connections.
@@ -13,7 +15,7 @@ import math
 import os
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,18 +27,17 @@ from battle.control import ControlDecoder, ControlProtocolError
 from lobby import protocol as proto
 from lobby.accounts import hash_password, verify_password
 from lobby.core import LobbyCore
+from lobby.effects import EffectRunner, Unavailable, Work, is_write
 from lobby.outputs import (
-    CheckPassword,
     Close,
     CloseControl,
-    HashPassword,
     Note,
     Output,
     Send,
     SendControl,
 )
 from lobby.settings import ListenSettings, LobbySettings
-from lobby.store import LobbyStore
+from lobby.store import AsyncStore, MatchRecord
 
 _READ_SIZE = 65536
 _SEND_QUEUE = 1024
@@ -46,6 +47,10 @@ _KDF_THREADS = 2
 _GOODBYE_TIMEOUT = 2.0
 _CONTROL_IDLE_LEASES = 3
 """A control connection silent for this many leases is closed (the host is long dead)."""
+_WRITE_RETRY = (0.05, 2.0)
+"""First and longest wait between tries of a store write while the store is unreachable."""
+_WRITE_FLUSH_TIMEOUT = 5.0
+"""How long a stopping lobby waits for its queued store writes."""
 
 log = structlog.get_logger("framesync.lobby")
 
@@ -112,21 +117,36 @@ class LobbyServer:
         self,
         settings: LobbySettings,
         listen: ListenSettings,
-        store: LobbyStore,
+        store: AsyncStore,
         *,
         session_secret: bytes,
+        matches: Sequence[MatchRecord] = (),
         clock: Callable[[], float] = time.time,
         entropy: Callable[[int], bytes] = os.urandom,
         hasher: Callable[[str], str] = hash_password,
+        transient: tuple[type[BaseException], ...] = (OSError,),
     ) -> None:
+        """`matches`: the matches in progress the store kept; `transient`: the store's
+        errors that mean "unreachable, try again" (see `effects.py`)."""
         self.settings = settings
         self.listen = listen
         self._clock = clock
         self._hasher = hasher
         self._dummy_hash: str | None = None
         self.core = LobbyCore(
-            settings, store, session_secret=session_secret, now=clock(), entropy=entropy
+            settings, session_secret=session_secret, now=clock(), matches=matches, entropy=entropy
         )
+        self.effects = EffectRunner(
+            self.core,
+            store,
+            clock=clock,
+            hash_password=self._hash_password,
+            check_password=self._check_password,
+            transient=transient,
+        )
+        self._writes_in, self._writes = trio.open_memory_channel[Work](math.inf)
+        self._writes_waiting = 0
+        self._writes_done = trio.Event()
         self._clients: dict[int, _Conn] = {}
         self._hosts: dict[int, _Conn] = {}
         self._next_id = 1
@@ -173,6 +193,7 @@ class LobbyServer:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._ticker)
+            nursery.start_soon(self._store_writer)
             nursery.start_soon(trio.serve_listeners, self._accept_client, clients)
             nursery.start_soon(trio.serve_listeners, self.serve_control, controls)
             log.info(
@@ -184,6 +205,7 @@ class LobbyServer:
             task_status.started((self.client_port, self.control_port))
             await self._stopped.wait()
             await self._say_goodbye()
+            await self._flush_writes()
             nursery.cancel_scope.cancel()
 
     def stop(self) -> None:
@@ -207,6 +229,8 @@ class LobbyServer:
             "hosts_connected": len(self._hosts),
             "hosts_live": len(self.core.rooms.registry.live_hosts(self._clock())),
             "queued_tickets": self.core.queued_tickets,
+            "matches_in_progress": self.core.rooms.matches_in_progress,
+            "store_writes_waiting": self._writes_waiting,
             **dict(self.core.counters),
         }
 
@@ -420,31 +444,59 @@ class LobbyServer:
             if host is not None:
                 log.info("control_closed", conn=out.conn, reason=out.reason)
                 host.close_after_flush(out.reason)
-        elif isinstance(out, HashPassword | CheckPassword):
-            assert self._nursery is not None, "serving starts inside run()"
-            self._nursery.start_soon(self._kdf, out)
         elif isinstance(out, Note):
             getattr(log, out.level)(out.event, **out.fields)
-
-    async def _kdf(self, op: HashPassword | CheckPassword) -> None:
-        if isinstance(op, HashPassword):
-            encoded = await trio.to_thread.run_sync(
-                self._hasher, op.password, limiter=self._kdf_limiter
-            )
-            self.core.password_hashed(op.conn, op.rid, op.name, encoded, self._clock())
+        elif is_write(out):
+            self._writes_waiting += 1
+            self._writes_in.send_nowait(out)
         else:
-            # An unknown name is checked against a real hash too, so that it takes as long.
-            if self._dummy_hash is None:
-                self._dummy_hash = await trio.to_thread.run_sync(
-                    self._hasher, "not a password", limiter=self._kdf_limiter
-                )
-            encoded = op.encoded if op.encoded is not None else self._dummy_hash
-            ok = await trio.to_thread.run_sync(
-                _check_password, op.password, encoded, limiter=self._kdf_limiter
-            )
-            ok = ok and op.encoded is not None
-            self.core.password_checked(op.conn, op.rid, op.player_id, ok, self._clock())
+            assert self._nursery is not None, "serving starts inside run()"
+            self._nursery.start_soon(self._effect, out)
+
+    async def _effect(self, work: Work) -> None:
+        await self.effects.run(work)
         self._carry_out()
+
+    async def _store_writer(self) -> None:
+        """Store writes, one at a time and in order; one the store cannot take now is tried
+        again (with backoff) until it can, holding back the ones after it."""
+        async for work in self._writes:
+            wait = _WRITE_RETRY[0]
+            while True:
+                try:
+                    await self.effects.run(work)
+                    break
+                except Unavailable as exc:
+                    self.core.out.count("store_write_retries")
+                    log.warning("store_write_retry", effect=type(work).__name__, error=str(exc))
+                    await trio.sleep(wait)
+                    wait = min(wait * 2, _WRITE_RETRY[1])
+            self._writes_waiting -= 1
+            if self._writes_waiting == 0:
+                self._writes_done.set()
+            self._carry_out()
+
+    async def _flush_writes(self) -> None:
+        """A stopping lobby gives its queued writes a moment to reach the store."""
+        with trio.move_on_after(_WRITE_FLUSH_TIMEOUT):
+            while self._writes_waiting:
+                self._writes_done = trio.Event()
+                await self._writes_done.wait()
+        if self._writes_waiting:
+            log.error("store_writes_lost", count=self._writes_waiting)
+
+    async def _hash_password(self, password: str) -> str:
+        return await trio.to_thread.run_sync(self._hasher, password, limiter=self._kdf_limiter)
+
+    async def _check_password(self, password: str, encoded: str | None) -> bool:
+        # An unknown name is checked against a real hash too, so that it takes as long.
+        if encoded is None:
+            if self._dummy_hash is None:
+                self._dummy_hash = await self._hash_password("not a password")
+            encoded = self._dummy_hash
+        return await trio.to_thread.run_sync(
+            _check_password, password, encoded, limiter=self._kdf_limiter
+        )
 
 
 async def _receive(stream: trio.abc.Stream) -> bytes:

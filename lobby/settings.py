@@ -115,6 +115,11 @@ class ListenSettings:
     tls_key: Path | None = None
     control_host: str | None = None
     """Address for the control port (default: `host`). Room hosts are trusted: keep it private."""
+    redis_url: str | None = None
+    """Keep accounts, ratings, results and matches in this Redis (or Valkey) instead of the
+    SQLite file in `data_dir`: redis://[user:password@]host:port/db, rediss:// for TLS."""
+    redis_prefix: str = "fs"
+    """Every key starts with this, so several deployments can share one database."""
 
     def __post_init__(self) -> None:
         for name in ("client_port", "control_port"):
@@ -123,6 +128,21 @@ class ListenSettings:
                 raise ConfigError(f"{name} must be a port number, got {port!r}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert and tls_key go together")
+        if self.redis_url is not None and not (
+            isinstance(self.redis_url, str)
+            and self.redis_url.startswith(("redis://", "rediss://", "unix://"))
+        ):
+            raise ConfigError(
+                f"redis_url must start with redis://, rediss:// or unix://, got {self.redis_url!r}"
+            )
+        if not (
+            isinstance(self.redis_prefix, str)
+            and self.redis_prefix
+            and all(c.isalnum() or c in "_.-" for c in self.redis_prefix)
+        ):
+            raise ConfigError(
+                f"redis_prefix must be letters, digits, _ . or -, got {self.redis_prefix!r}"
+            )
 
 
 # --- TOML -------------------------------------------------------------------------------------

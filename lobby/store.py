@@ -139,6 +139,96 @@ class LobbyStore(Protocol):
     def close(self) -> None: ...
 
 
+class AsyncStore(Protocol):
+    """The same storage as ``LobbyStore``, awaited: what the lobby's shell calls to carry out
+    the core's storage effects. ``LocalStore`` adapts a synchronous store (SQLite); the Redis
+    backend (`redisstore.py`) is asynchronous by nature. Semantics and errors are those of the
+    ``LobbyStore`` methods of the same name; ``ratings`` reads several players at once.
+    """
+
+    async def create_account(self, name: str, password_hash: str) -> int: ...
+    async def create_device_account(self, device_id: str) -> int: ...
+    async def account(self, player_id: int) -> Account | None: ...
+    async def account_by_name(self, name: str) -> Account | None: ...
+    async def account_by_device(self, device_id: str) -> Account | None: ...
+    async def ratings(self, player_ids: Sequence[int]) -> dict[int, Rating]: ...
+    async def matches_played(self, player_id: int) -> int: ...
+    async def record_result(
+        self,
+        match_id: int,
+        result: Mapping[str, Any],
+        teams: Sequence[Sequence[int]],
+        ratings_before: Mapping[int, Rating],
+        ratings_after: Mapping[int, Rating],
+        ended_at: float,
+        *,
+        mode: str,
+    ) -> bool: ...
+    async def history(self, player_id: int, limit: int) -> list[HistoryEntry]: ...
+    async def put_match(self, record: MatchRecord) -> None: ...
+    async def end_match(self, match_id: int) -> bool: ...
+    async def matches_in_progress(self) -> list[MatchRecord]: ...
+
+
+class LocalStore:
+    """``AsyncStore`` over a synchronous store in this process (SQLite).
+
+    Every method answers at once, without suspending: an embedded store's calls take
+    microseconds (a result's fsync, a millisecond or two), less than a thread hop would.
+    """
+
+    def __init__(self, store: LobbyStore) -> None:
+        self.store = store
+
+    async def create_account(self, name: str, password_hash: str) -> int:
+        return self.store.create_account(name, password_hash)
+
+    async def create_device_account(self, device_id: str) -> int:
+        return self.store.create_device_account(device_id)
+
+    async def account(self, player_id: int) -> Account | None:
+        return self.store.account(player_id)
+
+    async def account_by_name(self, name: str) -> Account | None:
+        return self.store.account_by_name(name)
+
+    async def account_by_device(self, device_id: str) -> Account | None:
+        return self.store.account_by_device(device_id)
+
+    async def ratings(self, player_ids: Sequence[int]) -> dict[int, Rating]:
+        return {pid: self.store.rating(pid) for pid in player_ids}
+
+    async def matches_played(self, player_id: int) -> int:
+        return self.store.matches_played(player_id)
+
+    async def record_result(
+        self,
+        match_id: int,
+        result: Mapping[str, Any],
+        teams: Sequence[Sequence[int]],
+        ratings_before: Mapping[int, Rating],
+        ratings_after: Mapping[int, Rating],
+        ended_at: float,
+        *,
+        mode: str,
+    ) -> bool:
+        return self.store.record_result(
+            match_id, result, teams, ratings_before, ratings_after, ended_at, mode=mode
+        )
+
+    async def history(self, player_id: int, limit: int) -> list[HistoryEntry]:
+        return self.store.history(player_id, limit)
+
+    async def put_match(self, record: MatchRecord) -> None:
+        self.store.put_match(record)
+
+    async def end_match(self, match_id: int) -> bool:
+        return self.store.end_match(match_id)
+
+    async def matches_in_progress(self) -> list[MatchRecord]:
+        return self.store.matches_in_progress()
+
+
 # --- SQLite -----------------------------------------------------------------------------------
 
 _SCHEMA = """

@@ -30,6 +30,12 @@ def add_lobby_arguments(parser: argparse.ArgumentParser, *, data_dir: str | None
     )
     parser.add_argument("--tls-cert", type=Path, help="serve clients over TLS with this cert")
     parser.add_argument("--tls-key", type=Path, help="... and this private key")
+    parser.add_argument(
+        "--redis",
+        dest="redis_url",
+        metavar="URL",
+        help="keep the lobby's state in this Redis (redis://host:port/db) instead of SQLite",
+    )
     parser.add_argument("--ports-file", type=Path, help="write the bound ports here as JSON")
     parser.add_argument(
         "--metrics-port", type=int, help="serve the lobby's Prometheus metrics on this port"
@@ -51,7 +57,7 @@ def _settings(
     if args.data_dir is not None:
         root = Path(args.data_dir)
         overrides["data_dir"] = root / lobby_subdir if lobby_subdir else root
-    for name in ("host", "client_port", "control_port", "tls_cert", "tls_key"):
+    for name in ("host", "client_port", "control_port", "tls_cert", "tls_key", "redis_url"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value

@@ -79,6 +79,61 @@ def running_redis(binary: str) -> Iterator[RedisServer]:
         raise RuntimeError(f"redis-server did not start; its log:\n{log.read_text()}")
 
 
+class RedisProcess:
+    """A redis-server a test can kill and start again on the same port, keeping its data
+    (append-only file in `directory`), to show clients riding out a restart."""
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        with (self.directory / "redis.log").open("ab") as out:
+            self.proc = subprocess.Popen(
+                [self.binary, "--port", str(self.port), "--bind", HOST, "--save", "",
+                 "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.directory)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        deadline = time.monotonic() + _START_TIMEOUT
+        while not _answers_ping(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                log = (self.directory / "redis.log").read_text()
+                raise RuntimeError(f"redis-server did not start; its log:\n{log}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to clients, as a crash or a pulled cable."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+
+
+@contextmanager
+def restartable_redis(directory: Path) -> Iterator[RedisProcess]:
+    """A `RedisProcess`, started; skips the test when redis-server is not installed."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not on PATH: install it (e.g. apt-get install redis-server)")
+    directory.mkdir(parents=True, exist_ok=True)
+    server = RedisProcess(binary, directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """One server for the whole session; tests keep apart by flushing or by distinct keys."""

@@ -1,7 +1,9 @@
 """The sans-IO lobby core: sessions, queues, ready checks, rooms and results.
 
 Plain calls with a fake clock and seeded entropy: no sockets, no event loop. Room hosts are
-played by hand through `host_message`; password hashing uses tiny scrypt parameters.
+played by hand through `host_message`; password hashing uses tiny scrypt parameters. Storage
+effects are carried out at once by the shell's own `EffectRunner` over SQLite in memory
+(`LocalStore` never suspends); the KDF steps are left for each test to answer.
 """
 
 from __future__ import annotations
@@ -33,13 +35,19 @@ from battle.control import Heartbeat as HostHeartbeat
 from battle.ticket import open_ticket
 from lobby.accounts import hash_password, issue_session_token, verify_password, verify_session_token
 from lobby.core import LobbyCore
+from lobby.effects import EffectRunner, run_now
 from lobby.outputs import (
     CheckPassword,
     Close,
     CloseControl,
+    Effect,
+    EndMatch,
     HashPassword,
+    LoadRatings,
     Note,
     Output,
+    RecordResult,
+    SaveMatch,
     Send,
     SendControl,
 )
@@ -81,7 +89,7 @@ from lobby.protocol import (
 from lobby.protocol import Register as ClientRegister
 from lobby.ratings import default_rating
 from lobby.settings import LobbySettings
-from lobby.store import SqliteStore
+from lobby.store import LocalStore, SqliteStore
 
 SECRET = bytes(range(32))
 SALT = b"\x11" * 16
@@ -99,6 +107,14 @@ def seeded(seed: int) -> Callable[[int], bytes]:
 
 def fast_hash(password: str) -> str:
     return hash_password(password, SALT, n=2**4, r=1, p=1)
+
+
+async def _hash(password: str) -> str:
+    return fast_hash(password)
+
+
+async def _check(password: str, encoded: str | None) -> bool:
+    return encoded is not None and verify_password(password, encoded)
 
 
 # --- output inspection ------------------------------------------------------------------------
@@ -173,13 +189,50 @@ class Lobby:
         self.store = store if store is not None else SqliteStore(":memory:")
         self.now = now
         self.core = LobbyCore(
-            self.settings, self.store, session_secret=SECRET, now=now, entropy=seeded(seed)
+            self.settings,
+            session_secret=SECRET,
+            now=now,
+            matches=self.store.matches_in_progress(),
+            entropy=seeded(seed),
         )
+        self.effects = EffectRunner(
+            self.core,
+            LocalStore(self.store),
+            clock=lambda: self.now,
+            hash_password=_hash,
+            check_password=_check,
+        )
+        self.held: list[Effect] = []
+        """Storage effects kept back while `hold_effects` is set, in order."""
+        self.hold_effects = False
+        self.hold_types: tuple[type[object], ...] = (object,)
+        """Which effects `hold_effects` keeps back (all by default)."""
         self._conns = itertools.count(first_conn)
         self._host_conns = itertools.count(first_conn + 1000)
 
     def out(self) -> list[Output]:
-        return self.core.take_outputs()
+        """The core's outputs, its storage effects carried out (their answers' outputs come
+        after the rest, as they would from the shell)."""
+        result: list[Output] = []
+        pending = self.core.take_outputs()
+        while pending:
+            o = pending.pop(0)
+            if not isinstance(o, Effect):
+                result.append(o)
+            elif self.hold_effects and isinstance(o, self.hold_types):
+                self.held.append(o)
+            else:
+                run_now(self.effects.run(o))
+                pending.extend(self.core.take_outputs())
+        return result
+
+    def release(self) -> list[Output]:
+        """Carry out the held storage effects, in order."""
+        self.hold_effects = False
+        held, self.held = self.held, []
+        for effect in held:
+            run_now(self.effects.run(effect))
+        return self.out()
 
     def at(self, dt: float) -> float:
         self.now += dt
@@ -203,13 +256,11 @@ class Lobby:
         return self.out()
 
     def hashed(self, req: HashPassword) -> list[Output]:
-        encoded = fast_hash(req.password)
-        self.core.password_hashed(req.conn, req.rid, req.name, encoded, self.now)
+        run_now(self.effects.run(req))
         return self.out()
 
     def checked(self, req: CheckPassword) -> list[Output]:
-        ok = req.encoded is not None and verify_password(req.password, req.encoded)
-        self.core.password_checked(req.conn, req.rid, req.player_id, ok, self.now)
+        run_now(self.effects.run(req))
         return self.out()
 
     def register(self, name: str, password: str = PASSWORD) -> Player:
@@ -1284,3 +1335,113 @@ def test_the_same_seed_and_calls_give_the_same_outputs() -> None:
     assert first == second
     assert any(_is(o, MatchReady) for o in first)
     assert scenario(43) != first
+
+
+# --- storage answers that arrive later, or not at all ---------------------------------------
+
+
+def test_a_queue_request_holds_its_ticket_while_ratings_load() -> None:
+    lobby = Lobby()
+    a, b = lobby.players(2)
+    lobby.hold_effects = True
+    assert lobby.call(a.conn, Queue("1v1", REGION, rid=1)) == []
+    (load,) = lobby.held
+    assert isinstance(load, LoadRatings) and load.player_ids == (a.pid,)
+    assert lobby.core.queued_tickets == 1
+    # a second request meanwhile is refused; a cancel drops it before the matchmaker sees it
+    e = error(lobby.call(a.conn, Queue("3v3", REGION, rid=2)), a.conn)
+    assert (e.code, e.rid) == (ErrorCode.ALREADY_QUEUED, 2)
+    outs = lobby.call(a.conn, CancelQueue(rid=3))
+    assert sent(outs, a.conn) == [QueueCancelled(load.ticket_id, 3)]
+    assert lobby.release() == []  # the late ratings find nothing waiting
+    assert lobby.core.queued_tickets == 0
+    # loaded late, a ticket keeps the time it was asked for
+    lobby.hold_effects = True
+    lobby.call(a.conn, Queue("1v1", REGION))
+    lobby.at(5.0)
+    queued = only(lobby.release(), a.conn, Queued)
+    assert queued.ticket_id == load.ticket_id + 1
+    only(lobby.call(b.conn, Queue("1v1", REGION)), b.conn, Queued)
+    outs = lobby.poll(lobby.settings.match_interval)
+    assert only(outs, a.conn, MatchProposed) == only(outs, b.conn, MatchProposed)
+    assert lobby.core.counters["tickets_queued"] == 2
+
+
+def test_a_player_gone_while_ratings_load_is_not_queued() -> None:
+    lobby = Lobby()
+    a, b = lobby.players(2)
+    lobby.hold_effects = True
+    lobby.call(a.conn, Queue("3v3", REGION, party=(b.pid,), rid=4))
+    lobby.hold_effects = False
+    lobby.close(b.conn)  # b's drop cancels the party's request for both
+    assert lobby.release() == []
+    assert lobby.core.queued_tickets == 0
+    only(lobby.call(a.conn, Queue("1v1", REGION)), a.conn, Queued)
+
+
+def test_an_unreachable_store_answers_unavailable_and_the_client_may_retry() -> None:
+    lobby = Lobby()
+    p = lobby.device("dev-a")
+    conn = lobby.connect()
+    lobby.hold_effects = True
+    lobby.call(conn, LoginDevice("dev-a", rid=5))
+    (find,) = lobby.held
+    lobby.held.clear()
+    lobby.core.effect_failed(find, "OSError: connection refused", lobby.now)
+    e = error(lobby.out(), conn)
+    assert (e.code, e.request_type, e.rid) == (ErrorCode.UNAVAILABLE, "login_device", 5)
+    for msg in (GetRating(rid=6), GetHistory(5, rid=7), Queue("1v1", REGION, rid=8)):
+        lobby.call(p.conn, msg)
+        (effect,) = lobby.held
+        lobby.held.clear()
+        lobby.core.effect_failed(effect, "timeout", lobby.now)
+        e = error(lobby.out(), p.conn)
+        assert (e.code, e.rid) == (ErrorCode.UNAVAILABLE, msg.rid), msg
+    assert lobby.core.queued_tickets == 0
+    assert lobby.core.counters["store_failures"] == 4
+    lobby.hold_effects = False
+    assert only(lobby.call(conn, LoginDevice("dev-a")), conn, LoggedIn).player_id == p.pid
+    only(lobby.call(conn, Queue("1v1", REGION)), conn, Queued)
+
+
+def test_a_result_the_store_could_not_take_is_not_acked_and_counts_when_sent_again() -> None:
+    lobby = Lobby()
+    host, _ = lobby.host("h1")
+    players = lobby.players(2)
+    started = lobby.start(players, "1v1", host)
+    mid = started.create.match_id
+    lobby.hold_effects = True
+    assert lobby.result(started, {"winner": 0}) == []
+    (record,) = lobby.held
+    assert isinstance(record, RecordResult) and record.record.match_id == mid
+    lobby.held.clear()
+    lobby.core.effect_failed(record, "OSError: down", lobby.now)
+    outs = lobby.out()
+    assert controls(outs, host) == []  # not acked: the host sends it again
+    assert notes(outs, "result_not_recorded")
+    assert lobby.store.match(mid) is not None
+    lobby.hold_effects = False
+    outs = lobby.result(started, {"winner": 0})
+    assert controls(outs, host) == [ResultAck(mid)]
+    assert {type(m) for p in players for m in sent(outs, p.conn)} == {MatchEnded}
+    assert lobby.store.match(mid) is None and lobby.store.matches_played(players[0].pid) == 1
+
+
+def test_writes_reach_the_store_in_order() -> None:
+    lobby = Lobby()
+    host, _ = lobby.host("h1")
+    players = lobby.players(2)
+    lobby.hold_effects, lobby.hold_types = True, (SaveMatch, EndMatch)
+    proposal = lobby.propose(players, "1v1")
+    (create,) = of_type(controls(lobby.accept_all(players, proposal), host), CreateRoom)
+    outs = lobby.to_host(host, RoomCreated(create.request_id, create.room_id, *UDP))
+    # The ready tickets go out before the store has the match; the core's view has it.
+    assert len(of_type([o.message for o in outs if isinstance(o, Send)], MatchReady)) == 2
+    assert lobby.store.match(create.match_id) is None
+    assert lobby.core.rooms.in_match(players[0].pid)
+    lobby.at(lobby.settings.host_lease + 1)
+    lobby.poll()  # the host's lease runs out: aborted
+    assert [type(e) for e in lobby.held] == [SaveMatch, EndMatch]
+    lobby.release()
+    assert lobby.store.match(create.match_id) is None
+    assert lobby.store.matches_in_progress() == []

@@ -22,10 +22,11 @@ from cryptography.x509.oid import NameOID
 from hostkit import free_tcp_port
 
 from battle import control
+from battle.config import RosterEntry
 from lobby import protocol as proto
 from lobby.server import LobbyServer
 from lobby.settings import ListenSettings, LobbySettings
-from lobby.store import SqliteStore
+from lobby.store import Account, LocalStore, MatchRecord, SqliteStore
 
 SECRET = b"s" * 32
 BASE = 1_800_000_000.0
@@ -94,7 +95,7 @@ async def lobby(
         server = LobbyServer(
             settings or LobbySettings(),
             listen or ListenSettings(client_port=0, control_port=0),
-            store,
+            LocalStore(store),
             session_secret=SECRET,
             clock=lambda: BASE + trio.current_time(),
             hasher=_fast_hash,
@@ -275,7 +276,7 @@ async def test_real_tcp_listener_with_and_without_tls(tmp_path: Path, tls: bool)
     cert, key = _self_signed(tmp_path) if tls else (None, None)
     listen = ListenSettings(client_port=0, control_port=0, tls_cert=cert, tls_key=key)
     with SqliteStore(":memory:") as store:
-        server = LobbyServer(LobbySettings(), listen, store, session_secret=SECRET)
+        server = LobbyServer(LobbySettings(), listen, LocalStore(store), session_secret=SECRET)
         async with trio.open_nursery() as nursery:
             client_port, _ = await nursery.start(server.run)
             stream: trio.abc.Stream = await trio.open_tcp_stream("127.0.0.1", client_port)
@@ -344,3 +345,76 @@ async def test_node_keeps_its_secret_and_store_and_serves_metrics(tmp_path: Path
             server.stop()
     secret = tmp_path / "lobby" / SECRET_FILE
     assert secret.stat().st_mode & 0o777 == 0o600 and len(secret.read_bytes()) == 32
+
+
+class _FlakyStore(LocalStore):
+    """A store that can be taken down: the calls used here fail as an unreachable server's."""
+
+    down = False
+
+    def _gate(self) -> None:
+        if self.down:
+            raise ConnectionRefusedError("store down")
+
+    async def account_by_device(self, device_id: str) -> Account | None:
+        self._gate()
+        return await super().account_by_device(device_id)
+
+    async def end_match(self, match_id: int) -> bool:
+        self._gate()
+        return await super().end_match(match_id)
+
+
+async def test_store_writes_wait_out_an_outage_and_reads_answer_unavailable(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    record = MatchRecord(
+        77,
+        "1v1",
+        "gone-host",
+        5,
+        "127.0.0.1",
+        7000,
+        30,
+        b"k" * 32,
+        (RosterEntry(0, 1, 0), RosterEntry(1, 2, 1)),
+        BASE,
+    )
+    settings = LobbySettings()
+    with SqliteStore(":memory:") as sqlite:
+        sqlite.put_match(record)
+        store = _FlakyStore(sqlite)
+        store.down = True
+        server = LobbyServer(
+            settings,
+            ListenSettings(client_port=0, control_port=0),
+            store,
+            session_secret=SECRET,
+            matches=sqlite.matches_in_progress(),
+            clock=lambda: BASE + trio.current_time(),
+            hasher=_fast_hash,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            async with connected(server) as c:
+                await c.hello()
+                await c.send(proto.LoginDevice("dev-1", rid=4))
+                err = await c.expect(proto.Error)
+                assert isinstance(err, proto.Error)
+                assert (err.code, err.rid) == (proto.ErrorCode.UNAVAILABLE, 4)
+                # The host of the kept match never comes back: the match is aborted, and
+                # the write that ends it waits for the store.
+                await trio.sleep(settings.host_lease + 10)
+                assert server.stats()["matches_in_progress"] == 0
+                assert server.stats()["store_writes_waiting"] == 1
+                assert server.stats()["store_write_retries"] >= 3
+                assert sqlite.match(77) is not None
+                store.down = False
+                await trio.sleep(3)
+                assert server.stats()["store_writes_waiting"] == 0
+                assert sqlite.match(77) is None
+                await c.send(proto.LoginDevice("dev-1", rid=5))
+                err = await c.expect(proto.Error)  # no such device: the store answers again
+                assert isinstance(err, proto.Error)
+                assert (err.code, err.rid) == (proto.ErrorCode.BAD_CREDENTIALS, 5)
+            server.stop()
