@@ -18,7 +18,7 @@ import json
 import math
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -270,12 +270,18 @@ Progress = Callable[[str, dict[str, object]], None]
 
 
 class BotRunner:
-    """Runs `options.bots` bots against a lobby until every bot has played its rounds."""
+    """Runs `options.bots` bots against a lobby until every bot has played its rounds; given
+    several lobby nodes, bot i logs in to node i mod n, so matches mix players of all nodes."""
 
     def __init__(
-        self, lobby: tuple[str, int], options: BotOptions, progress: Progress | None = None
+        self,
+        lobbies: Sequence[tuple[str, int]],
+        options: BotOptions,
+        progress: Progress | None = None,
     ) -> None:
-        self.lobby = lobby
+        if not lobbies:
+            raise ValueError("no lobby address")
+        self.lobbies = list(lobbies)
         self.options = options
         self.report = BotsReport(options.bots, options.matches)
         self._progress = progress or (lambda event, fields: None)
@@ -303,7 +309,8 @@ class BotRunner:
     async def _bot(self, index: int) -> None:
         device = f"bot-{self.options.seed}-{index}"
         try:
-            async with open_lobby_client(*self.lobby) as lobby:
+            address = self.lobbies[index % len(self.lobbies)]
+            async with open_lobby_client(*address) as lobby:
                 try:
                     await lobby.register_device(device)
                 except LobbyError as exc:

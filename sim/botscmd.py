@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -174,7 +174,7 @@ def options_from_args(args: argparse.Namespace) -> BotOptions:
 async def run_bots_against(
     options: BotOptions,
     *,
-    lobby: tuple[str, int] | None,
+    lobby: Sequence[tuple[str, int]] | None,
     up_hosts: int,
     data_dir: Path,
     quiet: bool,
@@ -184,7 +184,7 @@ async def run_bots_against(
             report = await BotRunner(lobby, options, display.event).run()
             return report, []
         async with spawn_up(data_dir, up_hosts, log=data_dir / "up.log") as address:
-            report = await BotRunner(address, options, display.event).run()
+            report = await BotRunner([address], options, display.event).run()
     return report, match_logs(data_dir, report.match_ids)
 
 

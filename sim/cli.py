@@ -57,6 +57,14 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _addresses(text: str) -> list[tuple[str, int]]:
+    """`HOST:PORT[,HOST:PORT...]`: the lobby nodes a room host may register with."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT[,HOST:PORT...], got {text!r}")
+    return [_address(part) for part in parts]
+
+
 def _room_host(args: argparse.Namespace) -> int:
     from sim.roomhostcmd import run_room_host  # noqa: PLC0415
 
@@ -179,7 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
             "error happened, and desyncs were detected exactly when injected."
         ),
     )
-    bots.add_argument("--lobby", type=_address, help="a lobby's client HOST:PORT")
+    bots.add_argument(
+        "--lobby",
+        type=_addresses,
+        help="a lobby's client HOST:PORT; several nodes comma-separated (bots spread over them)",
+    )
     bots.add_argument("--up", action="store_true", help="start `framesync up` for the run")
     bots.add_argument("--hosts", type=int, default=2, help="--up: room host processes")
     bots.add_argument("--data-dir", help="--up: where up keeps its data (default: a temp dir)")
@@ -207,7 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     host.add_argument("--bind", type=_address, default=("0.0.0.0", 7100), help="UDP HOST:PORT")
     host.add_argument("--public-host", help="host name or IP clients are told to use")
-    host.add_argument("--lobby", type=_address, help="lobby control channel HOST:PORT")
+    host.add_argument(
+        "--lobby",
+        type=_addresses,
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help=(
+            "lobby control channel; with several lobby nodes list them all, comma-separated: "
+            "the host registers with whichever serves room hosts and follows it on failover"
+        ),
+    )
     host.add_argument("--data-dir", default="data", help="input logs and pending results")
     host.add_argument("--host-id", help="stable id of this process (default: host-PORT-PID)")
     host.add_argument("--capacity", type=int, default=200, help="rooms this process accepts")
