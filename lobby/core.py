@@ -1,4 +1,4 @@
-"""The lobby node's core: sessions, queues, ready checks, rooms and results. Sans-IO.
+"""The lobby node's core: sessions here, and the matchmaking desk where it runs. Sans-IO.
 
 No sockets, no clock, no threads: the shell feeds in decoded client and control messages with
 ``now`` (unix seconds), calls ``poll(now)`` by ``next_deadline()``, and carries out what
@@ -8,6 +8,12 @@ through the method of the same step (``account_found``, ``ratings_loaded``,
 ``password_hashed``, ...) or ``effect_failed``, so the core never waits on a disk, a network
 store or a slow hash. The matches in progress are held in memory by `RoomDesk` and written
 through; the shell passes in the ones the store kept when it starts.
+
+Queues, ready checks and rooms live in `QueueDesk` (queuedesk.py). On a single node the core
+owns one from the start. On a cluster (``node_id`` given) only the node holding the
+matchmaker lease has one (`become_matchmaker`); the others hand their players' queue
+requests, logins and logouts on as `Forward` outputs, and take the desk's answers back
+through `delivered`.
 
 Decisions:
 
@@ -35,6 +41,8 @@ Decisions:
   login on the same connection is refused while the first is in flight; a queue request
   holds its ticket id (cancel works) until the ratings come; answers for a connection that
   closed meanwhile are dropped. A failed read answers the request `unavailable`.
+* **No matchmaker reachable** (a cluster between two lease holders): queue requests are
+  answered `unavailable`; logins still work, and the next matchmaker is told who is here.
 """
 
 from __future__ import annotations
@@ -57,36 +65,29 @@ from lobby.accounts import (
     validate_password,
     verify_session_token,
 )
-from lobby.matchmaker import (
-    InvalidTicket,
-    MatchFound,
-    Matchmaker,
-    MatchmakingError,
-    NotFound,
-    OnCooldown,
-    Proposal,
-    ProposalCancelled,
-    ProposalMade,
-    QueuedPlayer,
-    Ticket,
-)
+from lobby.matchmaker import Ticket
 from lobby.outputs import (
     CheckPassword,
+    ClaimTickets,
     Close,
+    CloseControl,
     CreateAccount,
     CreateDeviceAccount,
     Effect,
     FindAccount,
+    Forward,
     HashPassword,
     LoadHistory,
     LoadRatings,
     LoadStats,
     Outbox,
     Output,
+    QueueRequest,
     RecordResult,
 )
+from lobby.queuedesk import LOCAL, QueueDesk
 from lobby.ratings import Rating
-from lobby.rooms import RoomDesk, Settlement, outcome
+from lobby.rooms import Settlement, outcome
 from lobby.settings import LobbySettings
 from lobby.store import Account, HistoryEntry, MatchRecord
 
@@ -95,13 +96,6 @@ _AuthRequest = (
 )
 _FLOOD_CLOSE = 3
 """A connection whose rate-limit debt reaches this many bursts is closed."""
-_ERRORS_FOR = {
-    "unknown_mode": proto.ErrorCode.UNKNOWN_MODE,
-    "already_queued": proto.ErrorCode.ALREADY_QUEUED,
-    "duplicate_ticket": proto.ErrorCode.ALREADY_QUEUED,
-    "on_cooldown": proto.ErrorCode.ON_COOLDOWN,
-    "not_queued": proto.ErrorCode.NOT_QUEUED,
-}
 
 
 @dataclass(slots=True)
@@ -117,23 +111,6 @@ class _Client:
     """Told `too_fast` since its last admitted message."""
 
 
-@dataclass(frozen=True, slots=True)
-class _PendingQueue:
-    """A queue request waiting for its players' ratings."""
-
-    conn: int
-    player_id: int
-    msg: proto.Queue
-    members: tuple[int, ...]
-    at: float
-
-
-@dataclass(slots=True)
-class _QueueStats:
-    wait: float
-    samples: int = 0
-
-
 class LobbyCore:
     def __init__(
         self,
@@ -143,27 +120,21 @@ class LobbyCore:
         now: float,
         matches: Sequence[MatchRecord] = (),
         entropy: Callable[[int], bytes] = os.urandom,
+        node_id: str | None = None,
     ) -> None:
-        """`matches`: the matches in progress the store kept (from a previous run)."""
+        """`matches`: the matches in progress the store kept (from a previous run).
+        `node_id`: this node's id on a cluster; None for a single node, which runs its own
+        matchmaking desk at once (`matches` go to it)."""
         self.settings = settings
         self._secret = session_secret
         self._entropy = entropy
-        self.matchmaker = Matchmaker(
-            settings.modes,
-            interval=settings.match_interval,
-            widening=settings.widening,
-            ready_timeout=settings.ready_timeout,
-            decline_cooldown=settings.decline_cooldown,
-        )
+        self.node_id = node_id
         self.out = Outbox()
-        self.rooms = RoomDesk(settings, self.out, now=now, matches=matches, entropy=entropy)
+        self.desk: QueueDesk | None = None
+        if node_id is None:
+            self.desk = QueueDesk(settings, self.out, now=now, matches=matches, entropy=entropy)
         self._clients: dict[int, _Client] = {}
         self._online = self.out.online  # player id -> conn
-        self._ticket_of: dict[int, int] = {}  # player id -> matchmaker ticket id
-        self._tickets: dict[int, Ticket] = {}
-        self._pending: dict[int, _PendingQueue] = {}  # ticket id -> queue request
-        self._next_ticket = 1
-        self._queue_stats: dict[tuple[str, str], _QueueStats] = {}
 
     # --- outputs and time ---------------------------------------------------------------------
 
@@ -175,39 +146,144 @@ class LobbyCore:
         return self.out.counters
 
     def next_deadline(self) -> float | None:
-        times = [
-            t
-            for t in (self.matchmaker.next_deadline(), self.rooms.next_deadline())
-            if t is not None
-        ]
-        return min(times, default=None)
+        return self.desk.next_deadline() if self.desk is not None else None
 
     def poll(self, now: float) -> None:
-        self._run_matchmaker(now)
-        self.rooms.poll(now)
-
-    # The room host side lives in RoomDesk; these forward to it.
-
-    def host_connected(self, conn: int, now: float) -> None:
-        self.rooms.host_connected(conn, now)
-
-    def host_message(self, conn: int, msg: ControlMessage, now: float) -> None:
-        self.rooms.host_message(conn, msg, now)
-
-    def host_error(self, conn: int, exc: ControlProtocolError, now: float) -> None:
-        self.rooms.host_error(conn, exc, now)
-
-    def host_closed(self, conn: int, now: float) -> None:
-        self.rooms.host_closed(conn, now)
+        if self.desk is not None:
+            self.desk.poll(now)
 
     @property
     def online_players(self) -> int:
+        """Players connected to this node."""
         return len(self._online)
 
     @property
     def queued_tickets(self) -> int:
-        """Tickets waiting in a queue or in a ready check (or for their players' ratings)."""
-        return len(self._tickets) + len(self._pending)
+        """Tickets waiting in a queue or in a ready check (0 where the desk is elsewhere)."""
+        return self.desk.queued_tickets if self.desk is not None else 0
+
+    # --- the matchmaking desk -----------------------------------------------------------------
+
+    def become_matchmaker(
+        self,
+        generation: int,
+        matches: Sequence[MatchRecord],
+        tickets: Sequence[Ticket],
+        now: float,
+    ) -> None:
+        """This node took the matchmaker lease: run the desk from what the store kept. Players
+        here are known at once; other nodes announce theirs, and kept tickets wait
+        ``host_lease`` seconds for them."""
+        self.desk = QueueDesk(
+            self.settings,
+            self.out,
+            now=now,
+            matches=matches,
+            generation=generation,
+            entropy=self._entropy,
+            kick_local=self._kick_local,
+        )
+        for pid in self._online:
+            self.desk.player_online(pid, LOCAL, now, resume=False)
+        self.desk.restore(tickets, self.settings.host_lease, now)
+        self.out.note("matchmaker_started", generation=generation, tickets=len(tickets))
+
+    def stop_matchmaking(self, now: float) -> None:
+        """The lease is gone: drop the desk (the next matchmaker takes over from the store)."""
+        if self.desk is None:
+            return
+        self.desk = None
+        self.out.remote.clear()
+        self.out.note("matchmaker_stopped")
+
+    def forwarded(self, node: str, forward: Forward, now: float) -> None:
+        """A player event from another node, for the desk here."""
+        desk = self.desk
+        if desk is None:
+            return  # not (or no longer) the matchmaker: that node times the request out
+        pid = forward.player_id
+        if forward.kind in ("online", "present"):
+            desk.player_online(pid, node, now, resume=forward.kind == "online")
+        elif forward.kind == "offline":
+            desk.player_offline(pid, node, now)
+        elif forward.request is not None:
+            if not desk.online(pid):  # its node's announcement is still on the way
+                desk.player_online(pid, node, now, resume=False)
+            desk.request(pid, forward.request, now)
+
+    def node_gone(self, node: str, now: float) -> None:
+        """Another lobby node died: its players are offline."""
+        if self.desk is not None:
+            self.desk.node_gone(node, now)
+
+    def delivered(self, pid: int, message: proto.ServerMessage, now: float) -> None:
+        """A message from the desk on another node, for a player connected here."""
+        if isinstance(message, proto.Kicked):  # logged in on another node
+            self._kick_local(pid, now)
+            return
+        conn = self._online.get(pid)
+        if conn is not None:
+            self._send(conn, message)
+
+    def _kick_local(self, pid: int, now: float) -> None:
+        """The player logged in on another node: their connection here goes."""
+        conn = self._online.pop(pid, None)
+        if conn is None:
+            return
+        self._send(conn, proto.Kicked("logged in from another connection"))
+        self.out.append(Close(conn, "replaced by a newer login"))
+        client = self._clients.get(conn)
+        if client is not None:
+            client.player_id = None
+
+    def forward_failed(self, forward: Forward) -> None:
+        """No matchmaker could be reached for `forward`: answer its request."""
+        request = forward.request
+        conn = self._online.get(forward.player_id)
+        if request is None or conn is None:
+            return
+        self._error(conn, request, proto.ErrorCode.UNAVAILABLE, "no matchmaker: try again")
+
+    def announce(self) -> None:
+        """Tell a new matchmaker elsewhere who is connected here."""
+        if self.desk is None:
+            for pid in self._online:
+                self.out.append(Forward(pid, "present"))
+
+    def _to_desk(
+        self, pid: int, kind: str, now: float, request: QueueRequest | None = None
+    ) -> None:
+        desk = self.desk
+        if desk is None:
+            if self.node_id is None:
+                return
+            self.out.append(Forward(pid, kind, request))  # type: ignore[arg-type]
+        elif kind == "online":
+            desk.player_online(pid, LOCAL, now)
+        elif kind == "offline":
+            desk.player_offline(pid, LOCAL, now)
+        elif request is not None:
+            desk.request(pid, request, now)
+
+    # The room host side lives in the desk's RoomDesk; these forward to it.
+
+    def host_connected(self, conn: int, now: float) -> None:
+        if self.desk is None:
+            self.out.append(CloseControl(conn, "not the matchmaker: try another lobby node"))
+            return
+        self.desk.rooms.host_connected(conn, now)
+
+    def host_message(self, conn: int, msg: ControlMessage, now: float) -> None:
+        if self.desk is not None:
+            self.desk.rooms.host_message(conn, msg, now)
+
+    def host_error(self, conn: int, exc: ControlProtocolError, now: float) -> None:
+        if self.desk is not None:
+            self.desk.rooms.host_error(conn, exc, now)
+
+    def host_closed(self, conn: int, now: float) -> None:
+        if self.desk is not None:
+            self.desk.rooms.host_closed(conn, now)
 
     # --- client connections -------------------------------------------------------------------
 
@@ -222,7 +298,7 @@ class LobbyCore:
         pid = client.player_id
         if self._online.get(pid) == conn:
             del self._online[pid]
-            self._cancel_queued(pid, now)
+            self._to_desk(pid, "offline", now)
 
     def client_error(self, conn: int, exc: proto.LobbyProtocolError, now: float) -> None:
         """A message the decoder refused: answer it; close if the framing broke."""
@@ -325,12 +401,13 @@ class LobbyCore:
             return
         self._login(client, player_id, msg.name, rid, now)
 
-    def ratings_loaded(
-        self, conn: int, ticket_id: int, ratings: Mapping[int, Rating], now: float
-    ) -> None:
-        pending = self._pending.pop(ticket_id, None)
-        if pending is not None:
-            self._enqueue(ticket_id, pending, ratings, now)
+    def ratings_loaded(self, ticket_id: int, ratings: Mapping[int, Rating], now: float) -> None:
+        if self.desk is not None:
+            self.desk.ratings_loaded(ticket_id, ratings, now)
+
+    def tickets_claimed(self, proposal_id: int, ok: bool, now: float) -> None:
+        if self.desk is not None:
+            self.desk.tickets_claimed(proposal_id, ok, now)
 
     def stats_loaded(
         self, conn: int, rid: int | None, rating: Rating, played: int, now: float
@@ -359,23 +436,25 @@ class LobbyCore:
     def result_recorded(
         self, conn: int, record: MatchRecord, settled: Settlement, fresh: bool, now: float
     ) -> None:
-        self.rooms.result_recorded(conn, record, settled, fresh, now)
+        if self.desk is not None:
+            self.desk.rooms.result_recorded(conn, record, settled, fresh, now)
 
     def effect_failed(self, effect: Effect, error: str, now: float) -> None:
         """The store (or the KDF) could not do it: answer the request that waits on it."""
         self.out.count("store_failures")
         self.out.note("effect_failed", "warning", effect=type(effect).__name__, error=error)
+        desk = self.desk
         if isinstance(effect, RecordResult):
-            self.rooms.result_not_recorded(effect.record.match_id, error)
+            if desk is not None:
+                desk.rooms.result_not_recorded(effect.record.match_id, error)
             return
         if isinstance(effect, LoadRatings):
-            pending = self._pending.pop(effect.ticket_id, None)
-            if pending is None:
-                return
-            self._forget_pending(effect.ticket_id, pending)
-            self._error(
-                pending.conn, pending.msg, proto.ErrorCode.UNAVAILABLE, "storage unavailable"
-            )
+            if desk is not None:
+                desk.ratings_failed(effect.ticket_id)
+            return
+        if isinstance(effect, ClaimTickets):
+            if desk is not None:
+                desk.tickets_claimed(effect.proposal_id, False, now)
             return
         if isinstance(effect, LoadStats | LoadHistory):
             request = "get_rating" if isinstance(effect, LoadStats) else "get_history"
@@ -390,7 +469,7 @@ class LobbyCore:
             client = self._clients.get(effect.conn)
             if client is not None and client.auth is not None:
                 self._auth_error(client, proto.ErrorCode.UNAVAILABLE, "storage unavailable")
-        # SaveMatch / EndMatch: the shell retries writes; nothing waits on them here.
+        # The other writes: the shell retries them; nothing waits on them here.
 
     def _auth_error(self, client: _Client, code: proto.ErrorCode, text: str) -> None:
         msg = client.auth
@@ -499,41 +578,22 @@ class LobbyCore:
         expires = now + self.settings.session_lifetime
         token = issue_session_token(self._secret, player_id, expires, nonce=self._entropy(16))
         self._send(client.conn, proto.LoggedIn(player_id, name, token, expires, rid))
-        # Pick up where the player was: a ready check, or a match in progress.
-        for proposal in self.matchmaker.pending_proposals():
-            if player_id in proposal.player_ids:
-                self._send(client.conn, _proposed(proposal))
-        record = self.rooms.match_for_player(player_id)
-        if record is not None:
-            self.out.count("tickets_reissued")
-            self.rooms.send_match_ready(record, player_id, now)
+        # The desk picks up where the player was: a ready check, or a match in progress.
+        self._to_desk(player_id, "online", now)
 
     def _on_player_request(self, client: _Client, pid: int, msg: proto.Message, now: float) -> None:
         conn = client.conn
-        if isinstance(msg, proto.Queue):
-            self._on_queue(conn, pid, msg, now)
-        elif isinstance(msg, proto.CancelQueue):
-            tid = self._ticket_of.get(pid)
-            if tid is None:
-                self._error(conn, msg, proto.ErrorCode.NOT_QUEUED, "not in a queue")
-                return
-            self._cancel_ticket(tid, now, rid=msg.rid, by=pid)
-        elif isinstance(msg, proto.Accept | proto.Decline):
-            try:
-                if isinstance(msg, proto.Accept):
-                    self.matchmaker.accept(msg.proposal_id, pid, now)
-                else:
-                    self.matchmaker.decline(msg.proposal_id, pid, now)
-            except NotFound as exc:
-                self._error(conn, msg, proto.ErrorCode.UNKNOWN_PROPOSAL, str(exc))
-                return
-            self._run_matchmaker(now)  # the last accept releases the match at once
+        if isinstance(msg, proto.Queue | proto.CancelQueue | proto.Accept | proto.Decline):
+            if self.desk is None and self.node_id is None:
+                self._error(conn, msg, proto.ErrorCode.UNAVAILABLE, "no matchmaker")
+            else:
+                self._to_desk(pid, "request", now, msg)
         elif isinstance(msg, proto.GetRating):
             self.out.append(LoadStats(conn, msg.rid, pid))
         elif isinstance(msg, proto.GetHistory):
             self.out.append(LoadHistory(conn, msg.rid, pid, msg.limit))
         elif isinstance(msg, proto.Logout):
-            self._cancel_queued(pid, now)
+            self._to_desk(pid, "offline", now)  # first: it tells the player what it cancels
             del self._online[pid]
             client.player_id = None
             self._send(conn, proto.Kicked("logged out"))
@@ -541,169 +601,10 @@ class LobbyCore:
         else:  # a server-to-client type cannot reach here: the decoder refuses it
             self._error(conn, msg, proto.ErrorCode.UNKNOWN_TYPE, "not a request")
 
-    def _on_queue(self, conn: int, pid: int, msg: proto.Queue, now: float) -> None:
-        if msg.region not in self.settings.regions:
-            regions = ", ".join(self.settings.regions)
-            self._error(conn, msg, proto.ErrorCode.UNKNOWN_REGION, f"regions: {regions}")
-            return
-        members = tuple(dict.fromkeys((pid, *(msg.party or ()))))
-        for member in members:
-            if self.rooms.in_match(member):
-                self._error(conn, msg, proto.ErrorCode.IN_MATCH, f"player {member} is in a match")
-                return
-            if member != pid and member not in self._online:
-                self._error(conn, msg, proto.ErrorCode.BAD_PARTY, f"player {member} is offline")
-                return
-        if any(m in self._ticket_of for m in members):
-            busy = next(m for m in members if m in self._ticket_of)
-            self._error(conn, msg, proto.ErrorCode.ALREADY_QUEUED, f"player {busy} is queued")
-            return
-        if all(m.name != msg.mode for m in self.settings.modes):
-            self._error(conn, msg, proto.ErrorCode.UNKNOWN_MODE, f"unknown mode {msg.mode!r}")
-            return
-        # The ticket id is taken now, so the request can be cancelled while ratings load.
-        tid = self._next_ticket
-        self._next_ticket += 1
-        self._pending[tid] = _PendingQueue(conn, pid, msg, members, now)
-        for member in members:
-            self._ticket_of[member] = tid
-        self.out.append(LoadRatings(conn, tid, members))
-
-    def _enqueue(
-        self, tid: int, pending: _PendingQueue, ratings: Mapping[int, Rating], now: float
-    ) -> None:
-        conn, pid, msg, members = pending.conn, pending.player_id, pending.msg, pending.members
-        self._forget_pending(tid, pending)
-        # Things may have changed while the ratings loaded.
-        gone = next(
-            (m for m in members if self._online.get(m) is None or self.rooms.in_match(m)), None
-        )
-        if gone is not None or any(m not in ratings for m in members):
-            self._error(conn, msg, proto.ErrorCode.BAD_PARTY, f"player {gone} is offline or busy")
-            return
-        ticket = Ticket(
-            tid,
-            tuple(QueuedPlayer(m, ratings[m].ordinal, ratings[m].sigma) for m in members),
-            msg.mode,
-            msg.region,
-            pending.at,
-        )
-        try:
-            self.matchmaker.enqueue(ticket, now)
-        except MatchmakingError as exc:
-            code = _ERRORS_FOR.get(exc.code)
-            if code is None:
-                code = (
-                    proto.ErrorCode.BAD_PARTY
-                    if isinstance(exc, InvalidTicket)
-                    else proto.ErrorCode.ALREADY_QUEUED
-                )
-            text = str(exc)
-            if isinstance(exc, OnCooldown):
-                text = f"{text} (for {exc.until - now:.0f} s)"
-            self._error(conn, msg, code, text)
-            return
-        self._tickets[ticket.ticket_id] = ticket
-        for member in members:
-            self._ticket_of[member] = ticket.ticket_id
-        stats = self._queue_stats.get((msg.mode, msg.region))
-        wait = stats.wait if stats else self.settings.match_interval
-        self.out.count("tickets_queued")
-        for member in members:
-            rid = msg.rid if member == pid else None
-            self._push(member, proto.Queued(ticket.ticket_id, msg.mode, msg.region, wait, rid))
-
-    def _forget_pending(self, tid: int, pending: _PendingQueue) -> None:
-        for member in pending.members:
-            if self._ticket_of.get(member) == tid:
-                del self._ticket_of[member]
-
-    def _cancel_queued(self, pid: int, now: float) -> None:
-        """Drop the player's ticket if it is waiting in a queue (not in a ready check)."""
-        tid = self._ticket_of.get(pid)
-        if tid is not None and (
-            tid in self._pending or self.matchmaker.queued_ticket(tid) is not None
-        ):
-            self._cancel_ticket(tid, now)
-
-    def _cancel_ticket(
-        self, tid: int, now: float, *, rid: int | None = None, by: int | None = None
-    ) -> None:
-        """Cancel a party's ticket; every member is told (the one who asked with `rid`)."""
-        pending = self._pending.pop(tid, None)
-        if pending is not None:  # still loading ratings: the matchmaker never saw it
-            self._forget_pending(tid, pending)
-            for member in pending.members:
-                self._push(member, proto.QueueCancelled(tid, rid if member == by else None))
-            return
-        in_check = self.matchmaker.queued_ticket(tid) is None
-        try:
-            self.matchmaker.cancel(tid, now)
-        except NotFound:
-            return
-        # Taken before the matchmaker runs: a dropped ticket is forgotten there.
-        ticket = self._tickets.pop(tid, None)
-        if in_check:  # counts as a decline: ProposalCancelled tells everyone
-            self._run_matchmaker(now)
-        if ticket is None:
-            return
-        for member in ticket.player_ids:
-            if self._ticket_of.get(member) == tid:
-                del self._ticket_of[member]
-            self._push(member, proto.QueueCancelled(tid, rid if member == by else None))
-
-    # --- matchmaking ------------------------------------------------------------------------------
-
-    def _run_matchmaker(self, now: float) -> None:
-        for event in self.matchmaker.poll(now):
-            if isinstance(event, ProposalMade):
-                p = event.proposal
-                self.out.count("proposals")
-                for t in p.tickets:
-                    self._observe_wait(p.mode, p.region, now - t.enqueued_at)
-                proposed = _proposed(p)  # one object: the shell encodes it once
-                for pid in p.player_ids:
-                    self._push(pid, proposed)
-            elif isinstance(event, ProposalCancelled):
-                self._on_proposal_cancelled(event)
-            elif isinstance(event, MatchFound):
-                for t in event.proposal.tickets:
-                    self._forget_ticket(t.ticket_id)
-                self.rooms.start_match(event.proposal, now)
-
-    def _observe_wait(self, mode: str, region: str, waited: float) -> None:
-        stats = self._queue_stats.setdefault((mode, region), _QueueStats(waited))
-        stats.samples += 1
-        stats.wait += (waited - stats.wait) / min(stats.samples, 20)
-
-    def _on_proposal_cancelled(self, event: ProposalCancelled) -> None:
-        p = event.proposal
-        self.out.count("proposals_cancelled")
-        requeued = {pid for t in event.requeued for pid in t.player_ids}
-        for t in event.dropped:
-            self._forget_ticket(t.ticket_id)
-        why = {
-            "declined": "a player declined",
-            "timeout": "not everyone accepted in time",
-            "cancelled": "a player left the queue",
-        }[event.reason]
-        for pid in p.player_ids:
-            self._push(pid, proto.MatchCancelled(p.proposal_id, why, pid in requeued))
-
-    def _forget_ticket(self, tid: int) -> None:
-        ticket = self._tickets.pop(tid, None)
-        if ticket is not None:
-            for pid in ticket.player_ids:
-                if self._ticket_of.get(pid) == tid:
-                    del self._ticket_of[pid]
-
     # --- helpers ----------------------------------------------------------------------------------
 
     def _send(self, conn: int, message: proto.ServerMessage) -> None:
         self.out.send(conn, message)
-
-    def _push(self, pid: int, message: proto.ServerMessage) -> None:
-        self.out.push(pid, message)
 
     def _error(self, conn: int, msg: proto.Message, code: proto.ErrorCode, text: str) -> None:
         self.out.count(f"client_error_{code}")
@@ -714,7 +615,3 @@ def _err(
     code: proto.ErrorCode, text: str, request_type: str | None = None, rid: int | None = None
 ) -> proto.Error:
     return proto.Error(code, text, request_type, rid)
-
-
-def _proposed(p: Proposal) -> proto.MatchProposed:
-    return proto.MatchProposed(p.proposal_id, p.mode, p.teams, p.expires_at)

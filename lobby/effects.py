@@ -20,8 +20,10 @@ from lobby.core import LobbyCore
 from lobby.outputs import (
     WRITES,
     CheckPassword,
+    ClaimTickets,
     CreateAccount,
     CreateDeviceAccount,
+    DropTickets,
     Effect,
     EndMatch,
     FindAccount,
@@ -31,6 +33,7 @@ from lobby.outputs import (
     LoadStats,
     RecordResult,
     SaveMatch,
+    SaveTicket,
 )
 from lobby.rooms import settle
 from lobby.store import Account, AsyncStore, NameTaken, StoreError
@@ -76,7 +79,7 @@ class EffectRunner:
         try:
             await self._run(work)
         except Unavailable as exc:
-            if is_write(work) and not isinstance(work, RecordResult):
+            if is_write(work) and not isinstance(work, RecordResult | ClaimTickets):
                 raise
             if not isinstance(work, HashPassword | CheckPassword):
                 self.core.effect_failed(work, str(exc), self._clock())
@@ -109,7 +112,7 @@ class EffectRunner:
             core.account_created(work.conn, pid, now())
         elif isinstance(work, LoadRatings):
             ratings = await self._guard(self.store.ratings(work.player_ids))
-            core.ratings_loaded(work.conn, work.ticket_id, ratings, now())
+            core.ratings_loaded(work.ticket_id, ratings, now())
         elif isinstance(work, LoadStats):
             ratings = await self._guard(self.store.ratings((work.player_id,)))
             played = await self._guard(self.store.matches_played(work.player_id))
@@ -128,6 +131,13 @@ class EffectRunner:
                 )
         elif isinstance(work, EndMatch):
             await self._guard(self.store.end_match(work.match_id))
+        elif isinstance(work, SaveTicket):
+            await self._guard(self.store.save_ticket(work.ticket))
+        elif isinstance(work, DropTickets):
+            await self._guard(self.store.drop_tickets(work.ticket_ids))
+        elif isinstance(work, ClaimTickets):
+            ok = await self._guard(self.store.claim_tickets(work.ticket_ids, work.generation))
+            core.tickets_claimed(work.proposal_id, ok, now())
         else:
             await self._record(work)
 

@@ -315,7 +315,10 @@ class Matchmaker:
         widening: WideningCurve | None = None,
         ready_timeout: float = 20.0,
         decline_cooldown: float = 30.0,
+        first_proposal_id: int = 1,
     ) -> None:
+        """`first_proposal_id`: where proposal ids start, so that a matchmaker taking over
+        from another never reuses an id a client may still hold."""
         if interval < 0 or ready_timeout <= 0 or decline_cooldown < 0:
             raise ValueError("need interval >= 0, ready_timeout > 0, decline_cooldown >= 0")
         self.modes: dict[str, Mode] = {}
@@ -336,7 +339,7 @@ class Matchmaker:
         self._cooldowns: dict[int, float] = {}
         self._events: list[Event] = []
         self._next_batch = -math.inf
-        self._next_proposal_id = 1
+        self._next_proposal_id = first_proposal_id
 
     # --- requests ---
 

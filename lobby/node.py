@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+import socket
+from contextlib import suppress
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 import trio
@@ -22,7 +23,7 @@ import trio
 from battle.gctune import tune_gc
 from lobby.server import LobbyServer
 from lobby.settings import ListenSettings, LobbySettings
-from lobby.store import AsyncStore, LocalStore, MatchRecord, SqliteStore
+from lobby.store import AsyncStore, LocalStore, SqliteStore
 
 SECRET_FILE = "session.key"
 STORE_FILE = "lobby.sqlite3"
@@ -68,38 +69,63 @@ async def run_lobby_node(
     data_dir = listen.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     secret = load_or_create_secret(data_dir / SECRET_FILE)
-    async with _open_store(listen) as (store, transient):
-        matches = await _matches_in_progress(store, transient)
+    if listen.redis_url is not None:
+        await _run_cluster_node(
+            settings,
+            listen,
+            secret,
+            ports_file=ports_file,
+            metrics_port=metrics_port,
+            task_status=task_status,
+        )
+        return
+    with SqliteStore(data_dir / STORE_FILE) as sqlite:
         server = LobbyServer(
             settings,
             listen,
-            store,
+            LocalStore(sqlite),
             session_secret=secret,
-            matches=matches,
-            transient=transient,
+            matches=sqlite.matches_in_progress(),
         )
-        async with trio.open_nursery() as nursery:
-            client_port, control_port = await nursery.start(server.run)
-            if ports_file is not None:
-                _write_ports(ports_file, client_port, control_port)
-            if metrics_port is not None:
-                nursery.start_soon(_serve_metrics, server, metrics_port)
-            task_status.started(server)
-            await server.finished.wait()
-            nursery.cancel_scope.cancel()
+        await _serve(server, ports_file, metrics_port, task_status)
+
+
+async def _serve(
+    server: LobbyServer,
+    ports_file: Path | None,
+    metrics_port: int | None,
+    task_status: trio.TaskStatus[LobbyServer],
+    *,
+    cluster: ClusterNodeLike | None = None,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        client_port, control_port = await nursery.start(server.run)
+        if cluster is not None:
+            await nursery.start(cluster.run)
+        if ports_file is not None:
+            _write_ports(ports_file, client_port, control_port)
+        if metrics_port is not None:
+            nursery.start_soon(_serve_metrics, server, metrics_port)
+        task_status.started(server)
+        await server.finished.wait()
+        nursery.cancel_scope.cancel()
     log.info("lobby_stopped", **server.stats())
 
 
-_Transient = tuple[type[BaseException], ...]
+class ClusterNodeLike(Protocol):
+    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
 
 
-@asynccontextmanager
-async def _open_store(listen: ListenSettings) -> AsyncIterator[tuple[AsyncStore, _Transient]]:
-    """SQLite in the data directory, or Redis when the node was given a URL."""
-    if listen.redis_url is None:
-        with SqliteStore(listen.data_dir / STORE_FILE) as sqlite:
-            yield LocalStore(sqlite), (OSError,)
-        return
+async def _run_cluster_node(
+    settings: LobbySettings,
+    listen: ListenSettings,
+    secret: bytes,
+    *,
+    ports_file: Path | None,
+    metrics_port: int | None,
+    task_status: trio.TaskStatus[LobbyServer],
+) -> None:
+    """A node of several sharing a Redis: its state there, the matchmaker by lease."""
     try:
         import coredis  # noqa: PLC0415 - the optional redis extra
         from coredis import exceptions  # noqa: PLC0415
@@ -107,8 +133,11 @@ async def _open_store(listen: ListenSettings) -> AsyncIterator[tuple[AsyncStore,
         raise SystemExit(
             "framesync lobby: --redis needs the redis extra: pip install 'framesync[redis]'"
         ) from None
+    from lobby.cluster import ClusterNode  # noqa: PLC0415
     from lobby.redisstore import RedisStore  # noqa: PLC0415
 
+    assert listen.redis_url is not None
+    node_id = listen.node_id or f"{socket.gethostname()}-{os.getpid()}"
     client: coredis.Redis[bytes] = coredis.Redis.from_url(
         listen.redis_url,
         decode_responses=False,
@@ -125,15 +154,38 @@ async def _open_store(listen: ListenSettings) -> AsyncIterator[tuple[AsyncStore,
         exceptions.ClusterDownError,
     )
     async with client:
-        log.info("lobby_store", backend="redis", prefix=listen.redis_prefix)
-        yield RedisStore(client, prefix=listen.redis_prefix), transient
+        store = RedisStore(client, prefix=listen.redis_prefix)
+        await _until_reachable(store, transient)
+        server = LobbyServer(
+            settings,
+            listen,
+            store,
+            session_secret=secret,
+            transient=transient,
+            node_id=node_id,
+        )
+        cluster = ClusterNode(
+            server,
+            client,
+            store,
+            prefix=listen.redis_prefix,
+            node_id=node_id,
+            lease_ttl=settings.matchmaker_lease,
+            transient=transient,
+        )
+        log.info("lobby_node", backend="redis", node_id=node_id, prefix=listen.redis_prefix)
+        await _serve(server, ports_file, metrics_port, task_status, cluster=cluster)
 
 
-async def _matches_in_progress(store: AsyncStore, transient: _Transient) -> list[MatchRecord]:
-    """What a previous run left in progress; a store that is not up yet is waited for."""
+_Transient = tuple[type[BaseException], ...]
+
+
+async def _until_reachable(store: AsyncStore, transient: _Transient) -> None:
+    """A Redis that is not up yet (say, started with the nodes) is waited for."""
     while True:
         try:
-            return await store.matches_in_progress()
+            await store.matches_in_progress()
+            return
         except transient as exc:
             log.warning("store_unreachable", error=f"{type(exc).__name__}: {exc}")
             await trio.sleep(_STARTUP_RETRY)

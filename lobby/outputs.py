@@ -17,8 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from battle.control import ControlMessage, RoomResult
-from lobby.protocol import ServerMessage
+from lobby.matchmaker import Ticket
+from lobby.protocol import Accept, CancelQueue, Decline, Queue, ServerMessage
 from lobby.store import MatchRecord
+
+QueueRequest = Queue | CancelQueue | Accept | Decline
+"""What a player asks of the matchmaker (wherever it runs)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +110,6 @@ class CreateDeviceAccount:
 class LoadRatings:
     """Read the ratings of a queue request's players; answer `ratings_loaded`."""
 
-    conn: int
     ticket_id: int
     player_ids: tuple[int, ...]
 
@@ -156,6 +159,31 @@ class RecordResult:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class SaveTicket:
+    """Keep a queued ticket where a matchmaker taking over will find it (a write)."""
+
+    ticket: Ticket
+
+
+@dataclass(frozen=True, slots=True)
+class DropTickets:
+    """Forget tickets that left the queue without a match (a write)."""
+
+    ticket_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimTickets:
+    """Take a found match's tickets out of the store, fenced by the matchmaker lease
+    generation so a deposed matchmaker cannot match them twice (a write); answer
+    `tickets_claimed`."""
+
+    proposal_id: int
+    ticket_ids: tuple[int, ...]
+    generation: int
+
+
 Effect = (
     FindAccount
     | CreateAccount
@@ -166,8 +194,30 @@ Effect = (
     | SaveMatch
     | EndMatch
     | RecordResult
+    | SaveTicket
+    | DropTickets
+    | ClaimTickets
 )
-WRITES = (SaveMatch, EndMatch, RecordResult)
+WRITES = (SaveMatch, EndMatch, RecordResult, SaveTicket, DropTickets, ClaimTickets)
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Carry a player's request, or their coming and going, to the matchmaker's node."""
+
+    player_id: int
+    kind: Literal["online", "present", "offline", "request"]
+    """online: just logged in; present: still here (said again to a new matchmaker)."""
+    request: QueueRequest | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Carry a message to a player whose connection is on another lobby node."""
+
+    node: str
+    player_id: int
+    message: ServerMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +229,18 @@ class Note:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-Output = Send | Close | SendControl | CloseControl | HashPassword | CheckPassword | Effect | Note
+Output = (
+    Send
+    | Close
+    | SendControl
+    | CloseControl
+    | HashPassword
+    | CheckPassword
+    | Effect
+    | Forward
+    | Deliver
+    | Note
+)
 
 
 class Outbox:
@@ -189,7 +250,10 @@ class Outbox:
         self.items: list[Output] = []
         self.counters: Counter[str] = Counter()
         self.online: dict[int, int] = {}
-        """Player id -> client connection id."""
+        """Player id -> client connection id, for players connected to this node."""
+        self.remote: dict[int, str] = {}
+        """Player id -> lobby node id, for players connected to another node (kept by the
+        matchmaker; empty on a single node)."""
 
     def take(self) -> list[Output]:
         items, self.items = self.items, []
@@ -202,10 +266,18 @@ class Outbox:
         self.items.append(Send(conn, message))
 
     def push(self, player_id: int, message: ServerMessage) -> None:
-        """Send to the player's live connection, if any (pushes to offline players are lost)."""
+        """Send to the player's live connection, here or on another node, if any (pushes to
+        offline players are lost)."""
         conn = self.online.get(player_id)
         if conn is not None:
             self.items.append(Send(conn, message))
+            return
+        node = self.remote.get(player_id)
+        if node is not None:
+            self.items.append(Deliver(node, player_id, message))
+
+    def is_online(self, player_id: int) -> bool:
+        return player_id in self.online or player_id in self.remote
 
     def note(self, event: str, level: str = "info", **fields: Any) -> None:
         self.items.append(Note(event, level, fields))

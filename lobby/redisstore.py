@@ -19,6 +19,7 @@ decimal digits, ``<pid>`` a player id in plain decimal)::
     {p}:match_refs          hash    <mid> -> "<host member> <pid> ..." (what ending it removes)
     {p}:match_players       hash    <pid> -> <mid>
     {p}:host_matches        zset    score 0; member <host id as UTF-8 hex>:<mid> (lex ranges)
+    {p}:tickets             hash    <ticket id> -> msgpack ticket (store.pack_ticket)
 
 Decisions:
 
@@ -37,6 +38,9 @@ Decisions:
   signed 64-bit value SQLite stores (ids from 2**63 up sort below the others).
 * **Reads** are one command or one script each (a consistent snapshot in one round trip);
   ``ratings`` is one HMGET whatever the number of players.
+* **Claiming tickets** for a match is fenced: the script checks the ``gen`` field of the
+  matchmaker lease (``fence_key``, a `lease.LeaseStore` key that must share the ``{p}``
+  hash tag) against the claimer's generation in the same step as it takes the tickets.
 * **Durability** is Redis persistence, the operator's choice: AOF with ``appendfsync always``
   matches SQLite's ``synchronous=FULL`` (a result acked to a room host survives a power loss);
   ``everysec`` may lose the last second. Scripts' effects are logged as one transaction. The
@@ -56,6 +60,7 @@ from coredis.typing import ResponseType
 
 from battle.config import RosterEntry
 from lobby.accounts import device_key, validate_name
+from lobby.matchmaker import Ticket
 from lobby.ratings import Rating, default_rating
 from lobby.store import (
     Account,
@@ -64,6 +69,8 @@ from lobby.store import (
     NameTaken,
     PlayerInMatch,
     StoreError,
+    pack_ticket,
+    unpack_ticket,
 )
 
 __all__ = ["RedisStore"]
@@ -202,6 +209,23 @@ return redis.call('HGET', KEYS[2], mid)
 """
 
 # KEYS: host_matches, matches. ARGV: lex min, lex max. The host's match records.
+# KEYS: tickets, fence (or tickets again when unfenced). ARGV: generation ('' if unfenced),
+# ticket ids. Returns 1 (taken), 0 (a ticket is gone) or -1 (not the lease's generation).
+_CLAIM_TICKETS = """
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[2], 'gen') ~= ARGV[1] then
+    return -1
+end
+for i = 2, #ARGV do
+    if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 0 then
+        return 0
+    end
+end
+for i = 2, #ARGV do
+    redis.call('HDEL', KEYS[1], ARGV[i])
+end
+return 1
+"""
+
 _MATCHES_ON_HOST = """
 local members = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2])
 local out = {}
@@ -219,7 +243,10 @@ class RedisStore:
     Several deployments can share one database with distinct prefixes.
     """
 
-    def __init__(self, client: Client[bytes], *, prefix: str = "fs") -> None:
+    def __init__(
+        self, client: Client[bytes], *, prefix: str = "fs", fence_key: str | None = None
+    ) -> None:
+        """`fence_key`: the matchmaker lease's key, checked by `claim_tickets`."""
         if not prefix or any(c in prefix for c in "{}"):
             raise ValueError(f"prefix must be non-empty and without braces, got {prefix!r}")
         self._client = client
@@ -235,6 +262,9 @@ class RedisStore:
         self._match_refs = f"{tag}:match_refs"
         self._match_players = f"{tag}:match_players"
         self._host_matches = f"{tag}:host_matches"
+        self._tickets = f"{tag}:tickets"
+        self.fence_key = fence_key
+        self._claim_tickets = client.register_script(_CLAIM_TICKETS)
         self._create_account = client.register_script(_CREATE_ACCOUNT)
         self._create_device_account = client.register_script(_CREATE_DEVICE_ACCOUNT)
         self._account_by = client.register_script(_ACCOUNT_BY)
@@ -451,6 +481,26 @@ class RedisStore:
     async def matches_in_progress(self) -> list[MatchRecord]:
         """Every match in progress, by match id (a restarted lobby checks them with their hosts)."""
         return _sorted_matches(list(await self._client.hvals(self._matches)))
+
+    # --- queued tickets -------------------------------------------------------------------------
+
+    async def save_ticket(self, ticket: Ticket) -> None:
+        await self._client.hset(self._tickets, {str(ticket.ticket_id): pack_ticket(ticket)})
+
+    async def drop_tickets(self, ticket_ids: Sequence[int]) -> None:
+        if ticket_ids:
+            await self._client.hdel(self._tickets, [str(t) for t in ticket_ids])
+
+    async def load_tickets(self) -> list[Ticket]:
+        tickets = [unpack_ticket(bytes(b)) for b in await self._client.hvals(self._tickets)]
+        return sorted(tickets, key=lambda t: t.ticket_id)
+
+    async def claim_tickets(self, ticket_ids: Sequence[int], generation: int) -> bool:
+        fence = self.fence_key
+        keys = [self._tickets, fence if fence is not None else self._tickets]
+        args = [str(generation) if fence is not None else "", *(str(t) for t in ticket_ids)]
+        reply: ResponseType = await self._claim_tickets(keys=keys, args=args)
+        return reply == 1
 
 
 # --- encoding ---------------------------------------------------------------------------------

@@ -355,9 +355,8 @@ class RoomDesk:
 
     def send_match_ready(self, record: MatchRecord, pid: int, now: float) -> None:
         """MATCH_READY with a fresh ticket for the player's seat, if they are online."""
-        conn = self.out.online.get(pid)
         seat = record.seat(pid)
-        if conn is None or seat is None:
+        if seat is None or not self.out.is_online(pid):
             return
         ticket, keys = issue_ticket(
             record.ticket_key,
@@ -370,8 +369,8 @@ class RoomDesk:
             nonce=self._entropy(12),
             keys=ClientKeys(self._entropy(KEY_SIZE), self._entropy(KEY_SIZE)),
         )
-        self.out.send(
-            conn,
+        self.out.push(
+            pid,
             proto.MatchReady(
                 record.match_id,
                 record.udp_host,

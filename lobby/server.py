@@ -31,6 +31,8 @@ from lobby.effects import EffectRunner, Unavailable, Work, is_write
 from lobby.outputs import (
     Close,
     CloseControl,
+    Deliver,
+    Forward,
     Note,
     Output,
     Send,
@@ -125,16 +127,23 @@ class LobbyServer:
         entropy: Callable[[int], bytes] = os.urandom,
         hasher: Callable[[str], str] = hash_password,
         transient: tuple[type[BaseException], ...] = (OSError,),
+        node_id: str | None = None,
     ) -> None:
         """`matches`: the matches in progress the store kept; `transient`: the store's
-        errors that mean "unreachable, try again" (see `effects.py`)."""
+        errors that mean "unreachable, try again" (see `effects.py`); `node_id`: this node's
+        id on a cluster (`cluster.py` then decides when it runs the matchmaker)."""
         self.settings = settings
         self.listen = listen
         self._clock = clock
         self._hasher = hasher
         self._dummy_hash: str | None = None
         self.core = LobbyCore(
-            settings, session_secret=session_secret, now=clock(), matches=matches, entropy=entropy
+            settings,
+            session_secret=session_secret,
+            now=clock(),
+            matches=matches,
+            entropy=entropy,
+            node_id=node_id,
         )
         self.effects = EffectRunner(
             self.core,
@@ -144,6 +153,8 @@ class LobbyServer:
             check_password=self._check_password,
             transient=transient,
         )
+        self.relay: Callable[[Forward | Deliver], None] | None = None
+        """Carries `Forward` and `Deliver` to other lobby nodes (set on a cluster)."""
         self._writes_in, self._writes = trio.open_memory_channel[Work](math.inf)
         self._writes_waiting = 0
         self._writes_done = trio.Event()
@@ -223,13 +234,15 @@ class LobbyServer:
 
     def stats(self) -> dict[str, Any]:
         """Counters and gauges, for logs, metrics and benchmarks."""
+        desk = self.core.desk
         return {
             "clients": len(self._clients),
             "players_online": self.core.online_players,
             "hosts_connected": len(self._hosts),
-            "hosts_live": len(self.core.rooms.registry.live_hosts(self._clock())),
+            "hosts_live": len(desk.rooms.registry.live_hosts(self._clock())) if desk else 0,
             "queued_tickets": self.core.queued_tickets,
-            "matches_in_progress": self.core.rooms.matches_in_progress,
+            "matches_in_progress": desk.rooms.matches_in_progress if desk else 0,
+            "matchmaker": desk is not None,
             "store_writes_waiting": self._writes_waiting,
             **dict(self.core.counters),
         }
@@ -406,6 +419,17 @@ class LobbyServer:
             pass
         everything.cancel()
 
+    def now(self) -> float:
+        return self._clock()
+
+    def carry_out(self) -> None:
+        """Do what the core asked after a call made from outside the shell (the cluster)."""
+        self._carry_out()
+
+    def close_controls(self, reason: str) -> None:
+        for host in list(self._hosts.values()):
+            host.close_after_flush(reason)
+
     def _carry_out(self) -> None:
         """Do what the core asked, in order; wake the ticker if a deadline moved closer."""
         self._encoded.clear()
@@ -446,6 +470,11 @@ class LobbyServer:
                 host.close_after_flush(out.reason)
         elif isinstance(out, Note):
             getattr(log, out.level)(out.event, **out.fields)
+        elif isinstance(out, Forward | Deliver):
+            if self.relay is None:
+                log.error("no_relay", output=type(out).__name__)
+            else:
+                self.relay(out)
         elif is_write(out):
             self._writes_waiting += 1
             self._writes_in.send_nowait(out)

@@ -62,6 +62,8 @@ class LobbySettings:
     widening: WideningCurve = field(default_factory=WideningCurve)
     allocation_wait: float = 30.0
     """How long an accepted match may wait for a room host with a free room."""
+    matchmaker_lease: float = 3.0
+    """On Redis: the matchmaker lease's TTL; a dead matchmaker node is replaced within it."""
 
     # room hosts
     host_heartbeat_interval: float = 1.0
@@ -79,6 +81,7 @@ class LobbySettings:
             "ticket_lifetime",
             "ready_timeout",
             "allocation_wait",
+            "matchmaker_lease",
             "host_heartbeat_interval",
             "host_lease",
             "create_timeout",
@@ -120,6 +123,8 @@ class ListenSettings:
     SQLite file in `data_dir`: redis://[user:password@]host:port/db, rediss:// for TLS."""
     redis_prefix: str = "fs"
     """Every key starts with this, so several deployments can share one database."""
+    node_id: str | None = None
+    """This node's name among the lobby nodes sharing the Redis (default: host name and pid)."""
 
     def __post_init__(self) -> None:
         for name in ("client_port", "control_port"):
@@ -164,6 +169,7 @@ _MATCHMAKER_KEYS = {
     "ready_timeout": "ready_timeout",
     "decline_cooldown": "decline_cooldown",
     "allocation_wait": "allocation_wait",
+    "lease": "matchmaker_lease",
 }
 _SPREAD_KEYS = {"spread_initial": "initial", "spread_per_second": "per_second", "spread_cap": "cap"}
 _HOSTS_KEYS = {

@@ -37,6 +37,7 @@ import msgpack
 
 from battle.config import RosterEntry
 from lobby.accounts import device_key, validate_name
+from lobby.matchmaker import QueuedPlayer, Ticket
 from lobby.ratings import Rating, default_rating
 
 SCHEMA_VERSION = 1
@@ -169,6 +170,15 @@ class AsyncStore(Protocol):
     async def end_match(self, match_id: int) -> bool: ...
     async def matches_in_progress(self) -> list[MatchRecord]: ...
 
+    # queued tickets, for a matchmaker taking over (a single node keeps none)
+    async def save_ticket(self, ticket: Ticket) -> None: ...
+    async def drop_tickets(self, ticket_ids: Sequence[int]) -> None: ...
+    async def load_tickets(self) -> list[Ticket]: ...
+    async def claim_tickets(self, ticket_ids: Sequence[int], generation: int) -> bool:
+        """Take the tickets out for a match: False (and nothing taken) if one is gone or
+        `generation` is no longer the matchmaker lease's."""
+        ...
+
 
 class LocalStore:
     """``AsyncStore`` over a synchronous store in this process (SQLite).
@@ -227,6 +237,37 @@ class LocalStore:
 
     async def matches_in_progress(self) -> list[MatchRecord]:
         return self.store.matches_in_progress()
+
+    # One node: its queue dies with its connections, so tickets are not kept.
+
+    async def save_ticket(self, ticket: Ticket) -> None:
+        pass
+
+    async def drop_tickets(self, ticket_ids: Sequence[int]) -> None:
+        pass
+
+    async def load_tickets(self) -> list[Ticket]:
+        return []
+
+    async def claim_tickets(self, ticket_ids: Sequence[int], generation: int) -> bool:
+        return True
+
+
+def pack_ticket(ticket: Ticket) -> bytes:
+    """A ticket as msgpack, for stores that keep them."""
+    players = [[p.player_id, p.rating, p.uncertainty] for p in ticket.players]
+    return _pack([ticket.ticket_id, players, ticket.mode, ticket.region, ticket.enqueued_at])
+
+
+def unpack_ticket(data: bytes) -> Ticket:
+    tid, players, mode, region, enqueued_at = _unpack(data)
+    return Ticket(
+        int(tid),
+        tuple(QueuedPlayer(int(p), float(r), float(u)) for p, r, u in players),
+        str(mode),
+        str(region),
+        float(enqueued_at),
+    )
 
 
 # --- SQLite -----------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ def add_lobby_arguments(parser: argparse.ArgumentParser, *, data_dir: str | None
         metavar="URL",
         help="keep the lobby's state in this Redis (redis://host:port/db) instead of SQLite",
     )
+    parser.add_argument("--node-id", help="this node's name among the lobby nodes sharing a Redis")
     parser.add_argument("--ports-file", type=Path, help="write the bound ports here as JSON")
     parser.add_argument(
         "--metrics-port", type=int, help="serve the lobby's Prometheus metrics on this port"
@@ -57,7 +58,8 @@ def _settings(
     if args.data_dir is not None:
         root = Path(args.data_dir)
         overrides["data_dir"] = root / lobby_subdir if lobby_subdir else root
-    for name in ("host", "client_port", "control_port", "tls_cert", "tls_key", "redis_url"):
+    names = ("host", "client_port", "control_port", "tls_cert", "tls_key", "redis_url", "node_id")
+    for name in names:
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value

@@ -87,6 +87,7 @@ from lobby.protocol import (
     Welcome,
 )
 from lobby.protocol import Register as ClientRegister
+from lobby.queuedesk import QueueDesk
 from lobby.ratings import default_rating
 from lobby.settings import LobbySettings
 from lobby.store import LocalStore, SqliteStore
@@ -209,6 +210,11 @@ class Lobby:
         """Which effects `hold_effects` keeps back (all by default)."""
         self._conns = itertools.count(first_conn)
         self._host_conns = itertools.count(first_conn + 1000)
+
+    @property
+    def desk(self) -> QueueDesk:
+        assert self.core.desk is not None
+        return self.core.desk
 
     def out(self) -> list[Output]:
         """The core's outputs, its storage effects carried out (their answers' outputs come
@@ -576,7 +582,7 @@ def test_logout_cancels_the_ticket_and_closes() -> None:
     assert sent(outs, p.conn) == [QueueCancelled(ticket), Kicked("logged out")]
     assert closes(outs) == [p.conn]
     assert lobby.core.online_players == 0
-    assert lobby.core.matchmaker.queue_size("1v1", REGION) == 0
+    assert lobby.desk.matchmaker.queue_size("1v1", REGION) == 0
 
 
 # --- rate limiting and decode errors ----------------------------------------------------------
@@ -691,7 +697,7 @@ def test_a_dropped_connection_leaves_the_queue() -> None:
     p = lobby.device("dev-a")
     lobby.call(p.conn, Queue("1v1", REGION))
     lobby.close(p.conn)
-    assert lobby.core.matchmaker.queue_size("1v1", REGION) == 0
+    assert lobby.desk.matchmaker.queue_size("1v1", REGION) == 0
     conn, _ = lobby.relogin("dev-a")
     only(lobby.call(conn, Queue("1v1", REGION)), conn, Queued)
 
@@ -713,7 +719,7 @@ def test_a_party_queues_on_one_ticket() -> None:
         [QueueCancelled(tid, 9)],
         [QueueCancelled(tid)],
     ]
-    assert lobby.core.matchmaker.queue_size("3v3", REGION) == 0
+    assert lobby.desk.matchmaker.queue_size("3v3", REGION) == 0
 
 
 def test_a_party_member_leaving_cancels_the_party() -> None:
@@ -756,7 +762,7 @@ def test_host_registration_is_answered() -> None:
         conn, Registered(s.lobby_id, s.host_heartbeat_interval, s.host_lease)
     )
     assert notes(outs, "host_registered")
-    assert lobby.core.rooms.live_hosts == 1
+    assert lobby.desk.rooms.live_hosts == 1
     assert lobby.to_host(conn, Ping(5)) == [SendControl(conn, Pong(5))]
     assert lobby.beat(conn) == []
 
@@ -776,9 +782,9 @@ def test_a_host_registering_again_replaces_its_old_connection() -> None:
     new, outs = lobby.host("h1")
     assert CloseControl(old, "the same host registered again") in outs
     assert controls(outs, new) and isinstance(controls(outs, new)[0], Registered)
-    assert lobby.core.rooms.live_hosts == 1
+    assert lobby.desk.rooms.live_hosts == 1
     lobby.core.host_closed(old, lobby.now)
-    assert lobby.core.rooms.live_hosts == 1
+    assert lobby.desk.rooms.live_hosts == 1
 
 
 def test_control_errors() -> None:
@@ -1141,7 +1147,7 @@ def test_heartbeats_keep_a_host_and_its_matches_alive() -> None:
         assert lobby.beat(host, load=1) == []
         assert lobby.poll() == []
     assert lobby.store.match(started.create.match_id) is not None
-    assert lobby.core.rooms.live_hosts == 1
+    assert lobby.desk.rooms.live_hosts == 1
 
 
 def test_a_closed_control_connection_is_not_death_until_the_lease_ends() -> None:
@@ -1150,7 +1156,7 @@ def test_a_closed_control_connection_is_not_death_until_the_lease_ends() -> None
     players = lobby.players(2)
     started = lobby.start(players, "1v1", host)
     lobby.core.host_closed(host, lobby.now)
-    assert lobby.core.rooms.live_hosts == 0
+    assert lobby.desk.rooms.live_hosts == 0
     lobby.at(2.0)
     back, outs = lobby.host("h1", rooms=(started.create.room_id,))
     assert [o for o in outs if isinstance(o, Send)] == []
@@ -1438,7 +1444,7 @@ def test_writes_reach_the_store_in_order() -> None:
     # The ready tickets go out before the store has the match; the core's view has it.
     assert len(of_type([o.message for o in outs if isinstance(o, Send)], MatchReady)) == 2
     assert lobby.store.match(create.match_id) is None
-    assert lobby.core.rooms.in_match(players[0].pid)
+    assert lobby.desk.rooms.in_match(players[0].pid)
     lobby.at(lobby.settings.host_lease + 1)
     lobby.poll()  # the host's lease runs out: aborted
     assert [type(e) for e in lobby.held] == [SaveMatch, EndMatch]

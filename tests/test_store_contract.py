@@ -646,3 +646,35 @@ async def test_redis_player_ids_past_a_double_stay_exact(
     assert alice == Account(start + 1, "alice", "x", has_device=False)
     assert await store.account(start + 2) == Account(start + 2, None, None, has_device=True)
     assert await store.create_device_account("dev") == start + 2
+
+
+async def test_redis_keeps_tickets_and_claims_them_only_under_the_lease(
+    redis_client: coredis.Redis[bytes],
+) -> None:
+    from lobby.cluster import matchmaker_leases  # noqa: PLC0415
+    from lobby.matchmaker import QueuedPlayer, Ticket  # noqa: PLC0415
+    from lobby.redisstore import RedisStore  # noqa: PLC0415
+
+    leases = matchmaker_leases(redis_client, "fs")
+    store = RedisStore(redis_client, fence_key=leases.key("fs"))
+    tickets = [
+        Ticket(2**40 + i, (QueuedPlayer(10 + i, 12.5, 3.0),), "1v1", "local", 1000.0 + i)
+        for i in range(3)
+    ]
+    for ticket in reversed(tickets):
+        await store.save_ticket(ticket)
+    assert await store.load_tickets() == tickets  # by id, every field back
+    await store.drop_tickets([tickets[2].ticket_id, 12345])
+    assert await store.load_tickets() == tickets[:2]
+    ids = [t.ticket_id for t in tickets[:2]]
+
+    gen = await leases.acquire("fs", "node-a", ttl_ms=10_000)
+    assert gen is not None
+    assert not await store.claim_tickets(ids, gen + 1)  # not the lease's generation
+    assert not await store.claim_tickets([*ids, tickets[2].ticket_id], gen)  # one is gone
+    assert await store.load_tickets() == tickets[:2]  # a refused claim takes nothing
+    assert await store.claim_tickets(ids, gen)
+    assert await store.load_tickets() == []
+    assert not await store.claim_tickets(ids, gen)  # claimed once only
+    # The lease key shares the store's hash tag (one cluster slot for the claim script).
+    assert leases.key("fs").split("{")[1].split("}")[0] == "fs"

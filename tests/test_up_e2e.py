@@ -17,11 +17,9 @@ from pathlib import Path
 
 import trio
 from hostkit import play, until
-from upkit import Up, pid_alive, run_up
+from upkit import Up, accept_all, join_room, pid_alive, run_up
 
-from battle.ticket import ClientKeys
-from lobby.protocol import MatchAborted, MatchEnded, MatchProposed, MatchReady
-from sim.battleclient import BattleClient
+from lobby.protocol import MatchAborted, MatchEnded, MatchReady
 from sim.lobbyclient import LobbyClient, open_lobby_client
 
 HZ = 30
@@ -44,26 +42,7 @@ async def _match(clients: list[LobbyClient], mode: str) -> list[MatchReady]:
     """Everyone queues and accepts; returns each player's MATCH_READY, in client order."""
     for client in clients:
         await client.queue(mode, "local")
-    ready: list[MatchReady | None] = [None] * len(clients)
-
-    async def one(i: int) -> None:
-        proposal = await clients[i].wait_for(MatchProposed, timeout=30)
-        await clients[i].accept(proposal.proposal_id)
-        ready[i] = await clients[i].wait_for(MatchReady, timeout=30)
-
-    async with trio.open_nursery() as nursery:
-        for i in range(len(clients)):
-            nursery.start_soon(one, i)
-    assert all(r is not None for r in ready)
-    return [r for r in ready if r is not None]
-
-
-async def _join(nursery: trio.Nursery, ready: MatchReady) -> BattleClient:
-    client = BattleClient(
-        ready.ticket, ClientKeys(ready.c2s_key, ready.s2c_key), (ready.room_host, ready.room_port)
-    )
-    await nursery.start(client.run)
-    return client
+    return await accept_all(clients)
 
 
 async def test_up_plays_two_5v5_matches_on_two_hosts_and_rates_them(tmp_path: Path) -> None:
@@ -86,7 +65,7 @@ async def test_up_plays_two_5v5_matches_on_two_hosts_and_rates_them(tmp_path: Pa
 
             stop = trio.Event()
             async with trio.open_nursery() as nursery:
-                battles = [await _join(nursery, r) for r in readies]
+                battles = [await join_room(nursery, r) for r in readies]
                 for i, b in enumerate(battles):
                     nursery.start_soon(play, b, random.Random(i), stop)
                 await until(lambda: min(len(b.frames) for b in battles) >= 60, 30)
@@ -131,7 +110,7 @@ async def test_tcp_drop_relogin_gets_a_working_ticket_and_a_killed_host_is_repor
             hosts = {e["match_id"]: e["host_id"] for e in up.events("match_started")}
             stop = trio.Event()
             async with trio.open_nursery() as nursery:
-                battles = [await _join(nursery, r) for r in readies]
+                battles = [await join_room(nursery, r) for r in readies]
                 for i, b in enumerate(battles):
                     nursery.start_soon(play, b, random.Random(i), stop)
                 await until(lambda: min(len(b.frames) for b in battles) >= 30, 30)
@@ -155,7 +134,7 @@ async def test_tcp_drop_relogin_gets_a_working_ticket_and_a_killed_host_is_repor
                         first.team,
                     )
                     assert fresh.ticket != first.ticket
-                    rejoined = await _join(nursery, fresh)
+                    rejoined = await join_room(nursery, fresh)
                     with trio.fail_after(15):
                         await rejoined.accepted.wait()
                     mate = next(

@@ -14,6 +14,11 @@ from typing import Any
 
 import trio
 
+from battle.ticket import ClientKeys
+from lobby.protocol import MatchProposed, MatchReady
+from sim.battleclient import BattleClient
+from sim.lobbyclient import LobbyClient
+
 ROOT = Path(__file__).resolve().parent.parent
 
 FAST_CONFIG = """
@@ -139,3 +144,28 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+async def accept_all(clients: list[LobbyClient]) -> list[MatchReady]:
+    """Every client accepts its next ready check; each one's MATCH_READY, in client order."""
+    ready: list[MatchReady | None] = [None] * len(clients)
+
+    async def one(i: int) -> None:
+        proposal = await clients[i].wait_for(MatchProposed, timeout=30)
+        await clients[i].accept(proposal.proposal_id)
+        ready[i] = await clients[i].wait_for(MatchReady, timeout=30)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(clients)):
+            nursery.start_soon(one, i)
+    assert all(r is not None for r in ready)
+    return [r for r in ready if r is not None]
+
+
+async def join_room(nursery: trio.Nursery, ready: MatchReady) -> BattleClient:
+    """A BattleClient on the room MATCH_READY names, running in `nursery`."""
+    client = BattleClient(
+        ready.ticket, ClientKeys(ready.c2s_key, ready.s2c_key), (ready.room_host, ready.room_port)
+    )
+    await nursery.start(client.run)
+    return client
