@@ -31,7 +31,9 @@ from lobby.outputs import (
     LoadHistory,
     LoadRatings,
     LoadStats,
+    PublishHost,
     RecordResult,
+    RemoveHost,
     SaveMatch,
     SaveTicket,
 )
@@ -135,6 +137,10 @@ class EffectRunner:
             await self._guard(self.store.save_ticket(work.ticket))
         elif isinstance(work, DropTickets):
             await self._guard(self.store.drop_tickets(work.ticket_ids))
+        elif isinstance(work, PublishHost):
+            await self._guard(self.store.publish_host(work.info, work.registered, work.lease))
+        elif isinstance(work, RemoveHost):
+            await self._guard(self.store.remove_host(work.host_id))
         elif isinstance(work, ClaimTickets):
             ok = await self._guard(self.store.claim_tickets(work.ticket_ids, work.generation))
             core.tickets_claimed(work.proposal_id, ok, now())

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from battle.control import ControlMessage, RoomResult
+from lobby.allocation import HostInfo
 from lobby.matchmaker import Ticket
 from lobby.protocol import Accept, CancelQueue, Decline, Queue, ServerMessage
 from lobby.store import MatchRecord
@@ -184,6 +185,23 @@ class ClaimTickets:
     generation: int
 
 
+@dataclass(frozen=True, slots=True)
+class PublishHost:
+    """Share a room host's registration (`registered`) or load report in the store's host
+    registry, leased for `lease` seconds (a write; nothing on a single node)."""
+
+    info: HostInfo
+    registered: bool
+    lease: float
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveHost:
+    """The host is dead: take it out of the store's host registry (a write)."""
+
+    host_id: str
+
+
 Effect = (
     FindAccount
     | CreateAccount
@@ -197,8 +215,19 @@ Effect = (
     | SaveTicket
     | DropTickets
     | ClaimTickets
+    | PublishHost
+    | RemoveHost
 )
-WRITES = (SaveMatch, EndMatch, RecordResult, SaveTicket, DropTickets, ClaimTickets)
+WRITES = (
+    SaveMatch,
+    EndMatch,
+    RecordResult,
+    SaveTicket,
+    DropTickets,
+    ClaimTickets,
+    PublishHost,
+    RemoveHost,
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,8 @@ decimal digits, ``<pid>`` a player id in plain decimal)::
     {p}:match_players       hash    <pid> -> <mid>
     {p}:host_matches        zset    score 0; member <host id as UTF-8 hex>:<mid> (lex ranges)
     {p}:tickets             hash    <ticket id> -> msgpack ticket (store.pack_ticket)
+    {p}:hosts               set     room host ids; each has a lease {p}:lease:{host:<id>}
+                                    (hostregistry.py) carrying its address and load
 
 Decisions:
 
@@ -60,6 +62,8 @@ from coredis.typing import ResponseType
 
 from battle.config import RosterEntry
 from lobby.accounts import device_key, validate_name
+from lobby.allocation import HostInfo
+from lobby.hostregistry import RedisHostRegistry
 from lobby.matchmaker import Ticket
 from lobby.ratings import Rating, default_rating
 from lobby.store import (
@@ -263,6 +267,8 @@ class RedisStore:
         self._match_players = f"{tag}:match_players"
         self._host_matches = f"{tag}:host_matches"
         self._tickets = f"{tag}:tickets"
+        self._hosts = RedisHostRegistry(client, prefix=f"{tag}:")
+        self._host_generations: dict[str, int] = {}
         self.fence_key = fence_key
         self._claim_tickets = client.register_script(_CLAIM_TICKETS)
         self._create_account = client.register_script(_CREATE_ACCOUNT)
@@ -494,6 +500,50 @@ class RedisStore:
     async def load_tickets(self) -> list[Ticket]:
         tickets = [unpack_ticket(bytes(b)) for b in await self._client.hvals(self._tickets)]
         return sorted(tickets, key=lambda t: t.ticket_id)
+
+    # --- the room-host registry -----------------------------------------------------------------
+
+    async def publish_host(self, info: HostInfo, registered: bool, lease: float) -> None:
+        """A register takes the host's lease over (a new generation); a load report renews
+        it, or registers again if this node holds no current generation for it (say, it
+        took the matchmaker over since)."""
+        ttl_ms = max(1, int(lease * 1000))
+        generation = self._host_generations.get(info.host_id)
+        renewed = (
+            not registered
+            and generation is not None
+            and await self._hosts.heartbeat(
+                info.host_id,
+                generation,
+                info.load,
+                info.rooms,
+                info.players,
+                info.draining,
+                ttl_ms=ttl_ms,
+            )
+        )
+        if renewed:
+            return
+        self._host_generations[info.host_id] = await self._hosts.register(
+            info.host_id,
+            info.udp_host,
+            info.udp_port,
+            info.capacity,
+            info.load,
+            info.adopted_rooms,
+            ttl_ms=ttl_ms,
+            players=info.players,
+            draining=info.draining,
+        )
+
+    async def remove_host(self, host_id: str) -> None:
+        generation = self._host_generations.pop(host_id, None)
+        if generation is not None:
+            await self._hosts.remove(host_id, generation)
+
+    async def live_hosts(self) -> list[HostInfo]:
+        """Room hosts within their lease, as the matchmaker node last reported them."""
+        return await self._hosts.live_hosts()
 
     async def claim_tickets(self, ticket_ids: Sequence[int], generation: int) -> bool:
         fence = self.fence_key

@@ -49,7 +49,16 @@ from lobby.allocation import (
     StrayRoom,
 )
 from lobby.matchmaker import Proposal
-from lobby.outputs import CloseControl, EndMatch, Outbox, RecordResult, SaveMatch, SendControl
+from lobby.outputs import (
+    CloseControl,
+    EndMatch,
+    Outbox,
+    PublishHost,
+    RecordResult,
+    RemoveHost,
+    SaveMatch,
+    SendControl,
+)
 from lobby.ratings import Rating, rate_match
 from lobby.settings import LobbySettings
 from lobby.store import MatchRecord
@@ -384,7 +393,13 @@ class RoomDesk:
             ),
         )
 
+    def _publish(self, host_id: str, *, registered: bool) -> None:
+        info = self.registry.get(host_id)
+        if info is not None:
+            self.out.append(PublishHost(info, registered, self.settings.host_lease))
+
     def _on_host_died(self, event: HostDied) -> None:
+        self.out.append(RemoveHost(event.host_id))
         self.out.count("hosts_lost")
         self.out.note(
             "host_lost",
@@ -460,6 +475,7 @@ class RoomDesk:
             ):
                 self.out.append(CloseControl(conn, "lease expired: register again"))
             else:
+                self._publish(host_id, registered=False)
                 self._place_waiting(now)  # it may have a free room now
         elif isinstance(msg, RoomCreated):
             self.allocator.on_created(host_id, msg.request_id, now, (msg.udp_host, msg.udp_port))
@@ -504,6 +520,7 @@ class RoomDesk:
         self.registry.register(
             msg.host_id, msg.udp_host, msg.udp_port, msg.capacity, msg.load, msg.rooms, now
         )
+        self._publish(msg.host_id, registered=True)
         s = self.settings
         self.out.append(
             SendControl(host.conn, Registered(s.lobby_id, s.host_heartbeat_interval, s.host_lease))

@@ -37,6 +37,7 @@ import msgpack
 
 from battle.config import RosterEntry
 from lobby.accounts import device_key, validate_name
+from lobby.allocation import HostInfo
 from lobby.matchmaker import QueuedPlayer, Ticket
 from lobby.ratings import Rating, default_rating
 
@@ -179,6 +180,11 @@ class AsyncStore(Protocol):
         `generation` is no longer the matchmaker lease's."""
         ...
 
+    # the room-host registry, shared with other lobby nodes (a single node keeps none)
+    async def publish_host(self, info: HostInfo, registered: bool, lease: float) -> None: ...
+    async def remove_host(self, host_id: str) -> None: ...
+    async def live_hosts(self) -> list[HostInfo]: ...
+
 
 class LocalStore:
     """``AsyncStore`` over a synchronous store in this process (SQLite).
@@ -251,6 +257,15 @@ class LocalStore:
 
     async def claim_tickets(self, ticket_ids: Sequence[int], generation: int) -> bool:
         return True
+
+    async def publish_host(self, info: HostInfo, registered: bool, lease: float) -> None:
+        pass
+
+    async def remove_host(self, host_id: str) -> None:
+        pass
+
+    async def live_hosts(self) -> list[HostInfo]:
+        return []
 
 
 def pack_ticket(ticket: Ticket) -> bytes:

@@ -12,7 +12,7 @@ import json
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +50,16 @@ class Cluster:
         ]
         assert taken, "no node took the matchmaker lease"
         return max(taken)[1]
+
+
+async def shared_hosts(c: Cluster) -> set[str]:
+    """The room hosts the shared registry in Redis lists as live."""
+    import coredis  # noqa: PLC0415 - skipped above when absent
+
+    from lobby.redisstore import RedisStore  # noqa: PLC0415
+
+    async with coredis.Redis.from_url(c.redis.url, decode_responses=False) as client:
+        return {h.host_id for h in await RedisStore(client).live_hosts()}
 
 
 async def _wait_ports(node: Process) -> None:
@@ -106,6 +116,12 @@ async def _queue(client: LobbyClient, mode: str = "1v1") -> int:
                 if exc.code != "unavailable":
                     raise
                 await trio.sleep(0.2)
+
+
+async def until_async(read: Callable[[], Awaitable[object]], want: object) -> None:
+    with trio.fail_after(10):
+        while await read() != want:
+            await trio.sleep(0.05)
 
 
 @asynccontextmanager
@@ -165,8 +181,9 @@ async def test_matchmaker_node_killed_mid_queue_and_a_host_killed_mid_match(
         readies = await accept_all(clients[:2])
         assert readies[0].match_id == readies[1].match_id
         assert c.nodes["b"].events("matchmaker_started")[0]["tickets"] == 1
-        # Both hosts moved over to b.
+        # Both hosts moved over to b, which shares them in Redis with their load.
         await c.nodes["b"].wait_for_events("host_registered", count=2)
+        assert await shared_hosts(c) == {"h1", "h2"}
 
         # Kill the host of that match: its players are told when its lease runs out.
         host = next(e["host_id"] for e in c.nodes["b"].events("match_started"))
@@ -179,6 +196,7 @@ async def test_matchmaker_node_killed_mid_queue_and_a_host_killed_mid_match(
             print(f"players told {trio.current_time() - killed_at:.2f} s after the kill")
             (lost,) = c.nodes["b"].events("host_lost", host_id=host)
             assert lost["reason"] == "lease_expired"
+            await until_async(lambda: shared_hosts(c), {"h1", "h2"} - {host})
         # The survivors queue and play on the other host.
         for client in clients[2:]:
             await _queue(client)

@@ -678,3 +678,30 @@ async def test_redis_keeps_tickets_and_claims_them_only_under_the_lease(
     assert not await store.claim_tickets(ids, gen)  # claimed once only
     # The lease key shares the store's hash tag (one cluster slot for the claim script).
     assert leases.key("fs").split("{")[1].split("}")[0] == "fs"
+
+
+async def test_redis_shares_the_room_hosts_with_their_load(
+    redis_client: coredis.Redis[bytes],
+) -> None:
+    from lobby.allocation import HostInfo  # noqa: PLC0415
+    from lobby.redisstore import RedisStore  # noqa: PLC0415
+
+    first = RedisStore(redis_client)
+    info = HostInfo("h1", "10.0.0.5", 7100, 200, 0, 0, 0, False, frozenset({9}), 0.0, 1)
+    await first.publish_host(info, registered=True, lease=30.0)
+    await first.publish_host(
+        HostInfo("h1", "10.0.0.5", 7100, 200, 7, 7, 70, False, frozenset({9}), 1.0, 1),
+        registered=False,
+        lease=30.0,
+    )
+    (seen,) = await RedisStore(redis_client).live_hosts()  # as any other node reads it
+    assert (seen.host_id, seen.udp_port, seen.capacity) == ("h1", 7100, 200)
+    assert (seen.load, seen.rooms, seen.players, seen.adopted_rooms) == (7, 7, 70, {9})
+    # A matchmaker that took over (no generation of its own yet) registers it again.
+    second = RedisStore(redis_client)
+    await second.publish_host(info, registered=False, lease=30.0)
+    assert [h.host_id for h in await first.live_hosts()] == ["h1"]
+    await first.remove_host("h1")  # a stale generation: the newer registration stays
+    assert [h.host_id for h in await first.live_hosts()] == ["h1"]
+    await second.remove_host("h1")
+    assert await first.live_hosts() == []
