@@ -405,6 +405,14 @@ class LobbyCore:
         if self.desk is not None:
             self.desk.ratings_loaded(ticket_id, ratings, now)
 
+    def match_saved(self, match_id: int, now: float) -> None:
+        if self.desk is not None:
+            self.desk.rooms.match_saved(match_id, now)
+
+    def ticket_saved(self, ticket_id: int, now: float) -> None:
+        if self.desk is not None:
+            self.desk.ticket_saved(ticket_id)
+
     def tickets_claimed(self, proposal_id: int, ok: bool, now: float) -> None:
         if self.desk is not None:
             self.desk.tickets_claimed(proposal_id, ok, now)

@@ -131,10 +131,12 @@ class EffectRunner:
                 core.out.note(
                     "match_not_saved", "error", match_id=work.record.match_id, error=str(exc)
                 )
+            core.match_saved(work.record.match_id, now())
         elif isinstance(work, EndMatch):
             await self._guard(self.store.end_match(work.match_id))
         elif isinstance(work, SaveTicket):
             await self._guard(self.store.save_ticket(work.ticket))
+            core.ticket_saved(work.ticket.ticket_id, now())
         elif isinstance(work, DropTickets):
             await self._guard(self.store.drop_tickets(work.ticket_ids))
         elif isinstance(work, PublishHost):

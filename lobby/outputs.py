@@ -136,7 +136,8 @@ class LoadHistory:
 
 @dataclass(frozen=True, slots=True)
 class SaveMatch:
-    """Store a match in progress (a write: in order, retried while the store is down)."""
+    """Store a match in progress (a write: in order, retried while the store is down);
+    answer `match_saved`, after which its players are sent MATCH_READY."""
 
     record: MatchRecord
 
@@ -162,7 +163,8 @@ class RecordResult:
 
 @dataclass(frozen=True, slots=True)
 class SaveTicket:
-    """Keep a queued ticket where a matchmaker taking over will find it (a write)."""
+    """Keep a queued ticket where a matchmaker taking over will find it (a write); answer
+    `ticket_saved`."""
 
     ticket: Ticket
 

@@ -10,9 +10,11 @@ forwarded from the other nodes (`Forward`), and its answers reach players throug
 Decisions:
 
 * **Tickets are kept in the store** (`SaveTicket`, `DropTickets`) so that a matchmaker taking
-  over finds the queue. A found match's tickets are claimed from the store, fenced by the
-  lease generation (`ClaimTickets`), before its room is asked for: a matchmaker that lost its
-  lease without knowing it cannot start a second room for the same players.
+  over finds the queue. Players hear `queued` only once the store has the ticket, so a
+  player told they are queued is never lost by a matchmaker dying. A found match's tickets
+  are claimed from the store, fenced by the lease generation (`ClaimTickets`), before its
+  room is asked for: a matchmaker that lost its lease without knowing it cannot start a
+  second room for the same players.
 * **Taking over** (`restore`): the kept tickets wait up to `settle` seconds for their players
   to be announced online by their nodes; those complete are queued again with their original
   wait, the others dropped. Ready checks are not kept: their tickets are simply queued again.
@@ -116,6 +118,7 @@ class QueueDesk:
         self._pending: dict[int, _PendingQueue] = {}  # ticket id -> queue request
         self._claims: dict[int, Proposal] = {}  # proposal id -> match being claimed
         self._restored: dict[int, Ticket] = {}  # kept tickets waiting for their players
+        self._unsaved: dict[int, list[tuple[int, proto.Queued]]] = {}  # answers held back
         self._settle_at: float | None = None
         self._next_ticket = (generation << 32) + 1
         self._queue_stats: dict[tuple[str, str], _QueueStats] = {}
@@ -291,9 +294,15 @@ class QueueDesk:
         stats = self._queue_stats.get((msg.mode, msg.region))
         wait = stats.wait if stats else self.settings.match_interval
         self.out.count("tickets_queued")
-        for member in members:
-            rid = msg.rid if member == pid else None
-            self.out.push(member, proto.Queued(ticket.ticket_id, msg.mode, msg.region, wait, rid))
+        self._unsaved[tid] = [
+            (m, proto.Queued(tid, msg.mode, msg.region, wait, msg.rid if m == pid else None))
+            for m in members
+        ]
+
+    def ticket_saved(self, ticket_id: int) -> None:
+        """The store has the ticket: now its players may hear they are queued."""
+        for member, queued in self._unsaved.pop(ticket_id, ()):
+            self.out.push(member, queued)
 
     def _hold(self, ticket: Ticket) -> None:
         self._tickets[ticket.ticket_id] = ticket
@@ -340,6 +349,7 @@ class QueueDesk:
             return
         # Taken before the matchmaker runs: a dropped ticket is forgotten there.
         ticket = self._tickets.pop(tid, None)
+        self._unsaved.pop(tid, None)
         self.out.append(DropTickets((tid,)))
         if in_check:  # counts as a decline: ProposalCancelled tells everyone
             self._run_matchmaker(now)

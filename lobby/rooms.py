@@ -359,8 +359,14 @@ class RoomDesk:
             room_id=record.room_id,
             players=len(record.roster),
         )
-        for entry in record.roster:
-            self.send_match_ready(record, entry.player_id, now)
+
+    def match_saved(self, match_id: int, now: float) -> None:
+        """The store has the match: its players may be told where to play. (Told before, a
+        matchmaker dying in between would leave a room the next one does not know.)"""
+        record = self._matches.get(match_id)
+        if record is not None:
+            for entry in record.roster:
+                self.send_match_ready(record, entry.player_id, now)
 
     def send_match_ready(self, record: MatchRecord, pid: int, now: float) -> None:
         """MATCH_READY with a fresh ticket for the player's seat, if they are online."""

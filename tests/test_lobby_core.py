@@ -48,6 +48,7 @@ from lobby.outputs import (
     Output,
     RecordResult,
     SaveMatch,
+    SaveTicket,
     Send,
     SendControl,
 )
@@ -1433,7 +1434,7 @@ def test_a_result_the_store_could_not_take_is_not_acked_and_counts_when_sent_aga
     assert lobby.store.match(mid) is None and lobby.store.matches_played(players[0].pid) == 1
 
 
-def test_writes_reach_the_store_in_order() -> None:
+def test_players_hear_of_their_room_once_the_store_has_the_match() -> None:
     lobby = Lobby()
     host, _ = lobby.host("h1")
     players = lobby.players(2)
@@ -1441,13 +1442,29 @@ def test_writes_reach_the_store_in_order() -> None:
     proposal = lobby.propose(players, "1v1")
     (create,) = of_type(controls(lobby.accept_all(players, proposal), host), CreateRoom)
     outs = lobby.to_host(host, RoomCreated(create.request_id, create.room_id, *UDP))
-    # The ready tickets go out before the store has the match; the core's view has it.
-    assert len(of_type([o.message for o in outs if isinstance(o, Send)], MatchReady)) == 2
+    # Nobody is told where to play before the store has the match; the core's view has it.
+    assert not of_type([o.message for o in outs if isinstance(o, Send)], MatchReady)
     assert lobby.store.match(create.match_id) is None
     assert lobby.desk.rooms.in_match(players[0].pid)
+    lobby.hold_effects = False
+    readies = lobby.release()
+    assert {only(readies, p.conn, MatchReady).match_id for p in players} == {create.match_id}
+    assert lobby.store.match(create.match_id) is not None
+    lobby.hold_effects = True
     lobby.at(lobby.settings.host_lease + 1)
     lobby.poll()  # the host's lease runs out: aborted
-    assert [type(e) for e in lobby.held] == [SaveMatch, EndMatch]
+    assert [type(e) for e in lobby.held] == [EndMatch]
     lobby.release()
     assert lobby.store.match(create.match_id) is None
     assert lobby.store.matches_in_progress() == []
+
+
+def test_a_player_hears_queued_only_once_the_store_has_the_ticket() -> None:
+    lobby = Lobby()
+    p = lobby.device("dev-a")
+    lobby.hold_effects, lobby.hold_types = True, (SaveTicket,)
+    assert lobby.call(p.conn, Queue("1v1", REGION, rid=3)) == []
+    (save,) = lobby.held
+    assert isinstance(save, SaveTicket) and save.ticket.player_ids == (p.pid,)
+    queued = only(lobby.release(), p.conn, Queued)
+    assert (queued.ticket_id, queued.rid) == (save.ticket.ticket_id, 3)
