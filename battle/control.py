@@ -93,7 +93,9 @@ class RoomEventKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Register:
-    """Host → lobby, first on every connection. `rooms` lists rooms still running (re-adoption)."""
+    """Host → lobby, first on every connection. `rooms` lists rooms still running (re-adoption);
+    `results` the matches whose results the host holds unacknowledged (it sends them next), so
+    a lobby can tell a room that ended while the host was away from one that died with it."""
 
     host_id: str
     udp_host: str
@@ -102,6 +104,7 @@ class Register:
     load: int
     version: str
     rooms: tuple[int, ...] = ()
+    results: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,7 +325,7 @@ def _spec(cls: type[Any], **checks: Check) -> _Spec:
 _SPECS: dict[str, _Spec] = {
     "register": _spec(
         Register, host=_name, uhost=_name, uport=_port, cap=_u32, load=_u32, ver=_name,
-        rooms=_array(_u64)),
+        rooms=_array(_u64), res=_optional(_array(_u64))),
     "registered": _spec(Registered, lobby=_name, hb=_seconds, lease=_seconds),
     "heartbeat": _spec(Heartbeat, load=_u32, rooms=_u32, players=_u32, drain=_flag),
     "create_room": _spec(

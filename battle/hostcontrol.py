@@ -173,6 +173,7 @@ class ControlClient:
                     load=rooms,
                     version=__version__,
                     rooms=tuple(sorted(host.records)),
+                    results=tuple(sorted(host.outbox.pending)),
                 )
             )
         )

@@ -46,6 +46,7 @@ from lobby import protocol as proto
 from lobby.bus import NodeBus
 from lobby.lease import LeaseStore
 from lobby.outputs import Deliver, Forward
+from lobby.queuedesk import LOCAL
 from lobby.redisstore import RedisStore
 from lobby.server import LobbyServer
 
@@ -221,15 +222,31 @@ class ClusterNode:
             self.core.forward_failed(out)
 
     async def _publisher(self) -> None:
-        """Requests to the matchmaker, in order; one nobody received is answered at once."""
+        """Player events to the matchmaker, in order. A request nobody received is answered
+        at once; a login, logout or presence is published again (to whichever node holds
+        the lease by then) for up to two TTLs, since a new matchmaker needs to hear it."""
         async for out in self._relay_out:
-            leader = self.leader
-            delivered = 0
-            if leader is not None and leader[0] != self.node_id:
-                request = out.request
-                frame = proto.encode_message(request) if request is not None else None
-                payload = _pack(["fwd", self.node_id, out.player_id, out.kind, frame])
-                delivered = await self._publish(leader[0], payload)
+            request = out.request
+            frame = proto.encode_message(request) if request is not None else None
+            payload = _pack(["fwd", self.node_id, out.player_id, out.kind, frame])
+            patience = 0.0 if out.kind == "request" else 2 * self.ttl_ms / 1000
+            deadline = trio.current_time() + patience
+            wait = 0.05
+            while True:
+                leader = self.leader
+                if leader is not None and leader[0] == self.node_id:
+                    # Sent before this node took the lease: its own desk takes it now.
+                    self.core.forwarded(LOCAL, out, self.server.now())
+                    self.server.carry_out()
+                    delivered = True
+                elif leader is not None:
+                    delivered = bool(await self._publish(leader[0], payload))
+                else:
+                    delivered = False
+                if delivered or trio.current_time() + wait > deadline:
+                    break
+                await trio.sleep(wait)
+                wait = min(wait * 2, 0.5)
             if not delivered:
                 self.core.forward_failed(out)
                 self.server.carry_out()

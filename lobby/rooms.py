@@ -163,27 +163,32 @@ class RoomDesk:
         self._forming_player: dict[int, int] = {}  # player id -> match id
         self._matches: dict[int, MatchRecord] = {}  # match id -> match in progress
         self._match_of: dict[int, int] = {}  # player id -> match id
+        self._results_due: dict[str, set[int]] = {}  # host id -> results it said it holds
         for record in matches:
             self._hold(record)
-        # Matches a previous run left in progress: their hosts get one lease to re-adopt them.
-        self._unclaimed = set(self._matches)
-        self._claim_deadline: float | None = now + settings.host_lease if self._unclaimed else None
+        # Matches waiting for their host to show it still runs the room, or to send the
+        # result it kept while away, by a deadline: match id -> (deadline, why abort then).
+        # Those a previous run (or matchmaker) left in progress get one lease.
+        self._unclaimed: dict[int, tuple[float, str]] = {
+            match_id: (now + settings.host_lease, "its room host did not come back")
+            for match_id in self._matches
+        }
 
     def next_deadline(self) -> float | None:
-        times = [t for t in (self.allocator.next_deadline(), self._claim_deadline) if t is not None]
+        times = [t for t in (self.allocator.next_deadline(),) if t is not None]
         times.extend(f.give_up_at for f in self._forming.values() if not f.requested)
+        times.extend(deadline for deadline, _ in self._unclaimed.values())
         return min(times, default=None)
 
     def poll(self, now: float) -> None:
         self._place_waiting(now)
         self.run_allocator(now)
-        if self._claim_deadline is not None and now >= self._claim_deadline:
-            self._claim_deadline = None
-            for match_id in sorted(self._unclaimed):
-                record = self._matches.get(match_id)
-                if record is not None:
-                    self._abort(record, "its room host did not come back after a lobby restart")
-            self._unclaimed.clear()
+        due = sorted(m for m, (deadline, _) in self._unclaimed.items() if now >= deadline)
+        for match_id in due:
+            _, why = self._unclaimed.pop(match_id)
+            record = self._matches.get(match_id)
+            if record is not None:
+                self._abort(record, why)
 
     def in_match(self, player_id: int) -> bool:
         """Playing, or accepted and waiting for a room."""
@@ -206,6 +211,7 @@ class RoomDesk:
             self._match_of[entry.player_id] = record.match_id
 
     def _release(self, match_id: int) -> MatchRecord | None:
+        self._unclaimed.pop(match_id, None)
         record = self._matches.pop(match_id, None)
         if record is not None:
             for entry in record.roster:
@@ -313,7 +319,7 @@ class RoomDesk:
                     forming, f"no room could be created ({event.detail or event.reason})"
                 )
         elif isinstance(event, HostDied):
-            self._on_host_died(event)
+            self._on_host_died(event, now)
         elif isinstance(event, StrayRoom):
             self.out.note(
                 "stray_room",
@@ -404,8 +410,7 @@ class RoomDesk:
         if info is not None:
             self.out.append(PublishHost(info, registered, self.settings.host_lease))
 
-    def _on_host_died(self, event: HostDied) -> None:
-        self.out.append(RemoveHost(event.host_id))
+    def _on_host_died(self, event: HostDied, now: float) -> None:
         self.out.count("hosts_lost")
         self.out.note(
             "host_lost",
@@ -415,18 +420,36 @@ class RoomDesk:
             matches=len(event.match_ids),
         )
         lost = set(event.match_ids)
-        if event.reason is not HostLoss.RESTARTED:
+        restarted = event.reason is HostLoss.RESTARTED
+        if not restarted:
+            self.out.append(RemoveHost(event.host_id))
             lost.update(m.match_id for m in self._on_host(event.host_id))
         for match_id in sorted(lost):
             record = self._matches.get(match_id)
-            if record is not None and record.host_id == event.host_id:
+            if record is None or record.host_id != event.host_id:
+                continue
+            if restarted:
+                self._gone_from_host(record, now)
+            else:
                 self._abort(record, "the room host was lost")
+
+    def _gone_from_host(self, record: MatchRecord, now: float) -> None:
+        """The host registered without this match's room: it ended while the host was away
+        (its result, which the host said it holds, comes next: one lease for it), or it died
+        with the host's old process (aborted now)."""
+        if record.match_id in self._results_due.get(record.host_id, ()):
+            self._unclaimed[record.match_id] = (
+                now + self.settings.host_lease,
+                "its room host did not send the result it held",
+            )
+        else:
+            self._abort(record, "its room host restarted")
 
     def _abort(self, record: MatchRecord, why: str) -> None:
         self._release(record.match_id)
         self.out.append(EndMatch(record.match_id))
         self.allocator.on_match_ended(record.match_id)
-        self._unclaimed.discard(record.match_id)
+        self._unclaimed.pop(record.match_id, None)
         self.out.count("matches_aborted")
         self.out.note(
             "match_aborted", "warning", match_id=record.match_id, host_id=record.host_id, why=why
@@ -540,11 +563,12 @@ class RoomDesk:
             rooms=len(msg.rooms),
         )
         running = set(msg.rooms)
+        self._results_due[msg.host_id] = set(msg.results or ())
         for record in self._on_host(msg.host_id):
             if record.room_id in running:
-                self._unclaimed.discard(record.match_id)
+                self._unclaimed.pop(record.match_id, None)
             elif self.allocator.host_of(record.match_id) is None:
-                self._abort(record, "its room host restarted")
+                self._gone_from_host(record, now)
         self.run_allocator(now)
         self._place_waiting(now)  # matches waiting for a host need not wait for the next poll
 

@@ -1468,3 +1468,37 @@ def test_a_player_hears_queued_only_once_the_store_has_the_ticket() -> None:
     assert isinstance(save, SaveTicket) and save.ticket.player_ids == (p.pid,)
     queued = only(lobby.release(), p.conn, Queued)
     assert (queued.ticket_id, queued.rid) == (save.ticket.ticket_id, 3)
+
+
+def test_a_host_back_without_the_room_but_with_its_result_gets_it_recorded() -> None:
+    """The room ended while the host was away (a lobby restart, or another matchmaker):
+    the host says it holds the result, so the match waits for it instead of being aborted."""
+    store, started, players = match_before_restart()
+    mid = started.create.match_id
+    lobby = Lobby(store=store, seed=2, now=T0 + 60.0, first_conn=100)
+    conns = [lobby.relogin(f"dev-{i}")[0] for i in range(2)]
+    host = next(lobby._host_conns)
+    lobby.core.host_connected(host, lobby.now)
+    register = Register("h1", UDP[0], UDP[1], 4, 0, "1.0", (), (mid,))
+    outs = lobby.to_host(host, register)
+    assert not notes(outs, "match_aborted")
+    outs = lobby.to_host(
+        host, RoomResult(mid, started.create.room_id, {"winner": 0}, (), 900, "result", 0)
+    )
+    assert controls(outs, host) == [ResultAck(mid)]
+    assert {only(outs, c, MatchEnded).match_id for c in conns} == {mid}
+    assert store.match(mid) is None and store.matches_played(players[0].pid) == 1
+
+
+def test_a_result_a_host_said_it_held_but_never_sent_aborts_the_match_after_a_lease() -> None:
+    store, started, _ = match_before_restart()
+    mid = started.create.match_id
+    lobby = Lobby(store=store, seed=2, now=T0 + 60.0, first_conn=100)
+    host = next(lobby._host_conns)
+    lobby.core.host_connected(host, lobby.now)
+    lobby.to_host(host, Register("h1", UDP[0], UDP[1], 4, 0, "1.0", (), (mid,)))
+    lobby.beat(host)
+    assert not notes(lobby.poll(lobby.settings.host_lease - 0.01), "match_aborted")
+    lobby.beat(host)
+    assert notes(lobby.poll(0.02), "match_aborted")
+    assert store.match(mid) is None
