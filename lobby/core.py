@@ -194,6 +194,7 @@ class LobbyCore:
             return
         self.desk = None
         self.out.remote.clear()
+        self.out.held = None
         self.out.note("matchmaker_stopped")
 
     def forwarded(self, node: str, forward: Forward, now: float) -> None:

@@ -285,6 +285,9 @@ class Outbox:
         self.remote: dict[int, str] = {}
         """Player id -> lobby node id, for players connected to another node (kept by the
         matchmaker; empty on a single node)."""
+        self.held: dict[int, list[ServerMessage]] | None = None
+        """While a new matchmaker waits for the nodes to say who is connected, pushes to
+        players it does not know yet are kept here (by player id) instead of being lost."""
 
     def take(self) -> list[Output]:
         items, self.items = self.items, []
@@ -306,6 +309,8 @@ class Outbox:
         node = self.remote.get(player_id)
         if node is not None:
             self.items.append(Deliver(node, player_id, message))
+        elif self.held is not None:
+            self.held.setdefault(player_id, []).append(message)
 
     def is_online(self, player_id: int) -> bool:
         return player_id in self.online or player_id in self.remote

@@ -18,6 +18,8 @@ Decisions:
 * **Taking over** (`restore`): the kept tickets wait up to `settle` seconds for their players
   to be announced online by their nodes; those complete are queued again with their original
   wait, the others dropped. Ready checks are not kept: their tickets are simply queued again.
+  Messages for players not announced yet (a result recorded at once, say) are held for
+  them during that time too (`Outbox.held`).
 * **Ids** of tickets and proposals start at ``generation << 32``, so those of one matchmaker
   never collide with those of the one before.
 """
@@ -163,6 +165,9 @@ class QueueDesk:
             self.out.remote.pop(pid, None)
         else:
             self.out.remote[pid] = node
+        held = self.out.held.pop(pid, []) if self.out.held is not None else []
+        for message in held:
+            self.out.push(pid, message)
         if not resume:
             return
         for proposal in self.matchmaker.pending_proposals():
@@ -433,11 +438,14 @@ class QueueDesk:
             self._restored[ticket.ticket_id] = ticket
             for pid in ticket.player_ids:
                 self._ticket_of.setdefault(pid, ticket.ticket_id)
-        if self._restored:
-            self._settle_at = now + settle
+        self._settle_at = now + settle
+        self.out.held = {}
 
     def _settle(self, now: float) -> None:
         self._settle_at = None
+        if self.out.held:
+            self.out.count("pushes_unclaimed", sum(len(m) for m in self.out.held.values()))
+        self.out.held = None
         dropped: list[int] = []
         for tid, ticket in sorted(self._restored.items()):
             mine = all(self._ticket_of.get(p) == tid for p in ticket.player_ids)

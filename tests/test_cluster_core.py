@@ -27,6 +27,7 @@ from lobby.protocol import (
     Kicked,
     LoggedIn,
     LoginDevice,
+    MatchAborted,
     MatchCancelled,
     MatchProposed,
     MatchReady,
@@ -109,8 +110,9 @@ class Cluster:
             core, self.store, clock=lambda: self.now, hash_password=_hash, check_password=_check
         )
 
-    def lead(self, name: str) -> None:
-        """`name` takes the matchmaker lease (a new generation) from what the store kept."""
+    def lead(self, name: str, *, announce: bool = True) -> None:
+        """`name` takes the matchmaker lease (a new generation) from what the store kept;
+        the other nodes tell it who is connected (`announce`), or do so later by hand."""
         if self.matchmaker is not None and self.matchmaker in self.cores:
             self.cores[self.matchmaker].stop_matchmaking(self.now)
         self.store.generation += 1
@@ -119,7 +121,7 @@ class Cluster:
         self.cores[name].become_matchmaker(self.store.generation, matches, tickets, self.now)
         self.matchmaker = name
         for other, core in self.cores.items():
-            if other != name:
+            if other != name and announce:
                 core.announce()
         self.settle()
 
@@ -355,3 +357,34 @@ def test_a_login_elsewhere_kicks_a_connection_on_the_matchmaker_node_too() -> No
     assert c.cores["a"].online_players == 0
     desk = c.cores["a"].desk
     assert desk is not None and desk.online(pid)
+
+
+def test_news_for_players_not_yet_announced_to_a_new_matchmaker_waits_for_them() -> None:
+    c = Cluster(["a", "b", "c"])
+    c.lead("a")
+    host = c.host("a")
+    p1, _ = c.join("b", "dev-1")
+    p2, _ = c.join("c", "dev-2")
+    for node, conn in (("b", p1), ("c", p2)):
+        c.ask(node, conn, Queue("1v1", REGION))
+    proposal = _match(c, [("b", p1), ("c", p2)])
+    for node, conn in (("b", p1), ("c", p2)):
+        c.ask(node, conn, Accept(proposal.proposal_id))
+    (create,) = [m for m in c.controls("a", host) if isinstance(m, CreateRoom)]
+    c.cores["a"].host_message(host, RoomCreated(create.request_id, create.room_id, *UDP), c.now)
+    c.settle()
+    assert isinstance(_last(c.messages("c", p2), MatchReady), MatchReady)
+    c.kill("a")
+    c.lead("b", announce=False)  # c has not said who is connected yet
+    # The host comes back to b without the room and holding no result: the match is over.
+    back = c.host("b")
+    assert isinstance(c.controls("b", back)[0], Registered)
+    assert isinstance(_last(c.messages("b", p1), MatchAborted), MatchAborted)
+    assert not [m for m in c.messages("c", p2) if isinstance(m, MatchAborted)]
+    c.cores["c"].announce()
+    c.settle()
+    aborted = _last(c.messages("c", p2), MatchAborted)
+    assert isinstance(aborted, MatchAborted) and aborted.match_id == create.match_id
+    # Once the settling time is over, nothing more is held.
+    c.at(c.settings.host_lease)
+    assert c.cores["b"].out.held is None
