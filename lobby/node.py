@@ -86,6 +86,7 @@ async def run_lobby_node(
             LocalStore(sqlite),
             session_secret=secret,
             matches=sqlite.matches_in_progress(),
+            immediate_store=True,
         )
         await _serve(server, ports_file, metrics_port, task_status)
 

@@ -27,12 +27,14 @@ from battle.control import ControlDecoder, ControlProtocolError
 from lobby import protocol as proto
 from lobby.accounts import hash_password, verify_password
 from lobby.core import LobbyCore
-from lobby.effects import EffectRunner, Unavailable, Work, is_write
+from lobby.effects import EffectRunner, Unavailable, Work, is_write, run_now
 from lobby.outputs import (
+    CheckPassword,
     Close,
     CloseControl,
     Deliver,
     Forward,
+    HashPassword,
     Note,
     Output,
     Send,
@@ -128,10 +130,14 @@ class LobbyServer:
         hasher: Callable[[str], str] = hash_password,
         transient: tuple[type[BaseException], ...] = (OSError,),
         node_id: str | None = None,
+        immediate_store: bool = False,
     ) -> None:
         """`matches`: the matches in progress the store kept; `transient`: the store's
         errors that mean "unreachable, try again" (see `effects.py`); `node_id`: this node's
-        id on a cluster (`cluster.py` then decides when it runs the matchmaker)."""
+        id on a cluster (`cluster.py` then decides when it runs the matchmaker);
+        `immediate_store`: the store answers without suspending (`LocalStore`), so its effects
+        are carried out at once, in order, without a task each."""
+        self.immediate_store = immediate_store
         self.settings = settings
         self.listen = listen
         self._clock = clock
@@ -433,8 +439,9 @@ class LobbyServer:
     def _carry_out(self) -> None:
         """Do what the core asked, in order; wake the ticker if a deadline moved closer."""
         self._encoded.clear()
-        for out in self.core.take_outputs():
-            self._do(out)
+        while outputs := self.core.take_outputs():  # effects done at once add more
+            for out in outputs:
+                self._do(out)
         self._encoded.clear()
         deadline = self.core.next_deadline()
         if deadline is not None and deadline < self._wake_at:
@@ -475,12 +482,24 @@ class LobbyServer:
                 log.error("no_relay", output=type(out).__name__)
             else:
                 self.relay(out)
+        elif (
+            self.immediate_store
+            and not isinstance(out, HashPassword | CheckPassword)
+            and (not is_write(out) or self._writes_waiting == 0)
+        ):
+            try:
+                run_now(self.effects.run(out))
+            except Unavailable:  # a write the store cannot take now: the writer retries it
+                self._queue_write(out)
         elif is_write(out):
-            self._writes_waiting += 1
-            self._writes_in.send_nowait(out)
+            self._queue_write(out)
         else:
             assert self._nursery is not None, "serving starts inside run()"
             self._nursery.start_soon(self._effect, out)
+
+    def _queue_write(self, work: Work) -> None:
+        self._writes_waiting += 1
+        self._writes_in.send_nowait(work)
 
     async def _effect(self, work: Work) -> None:
         await self.effects.run(work)

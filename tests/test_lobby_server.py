@@ -99,6 +99,7 @@ async def lobby(
             session_secret=SECRET,
             clock=lambda: BASE + trio.current_time(),
             hasher=_fast_hash,
+            immediate_store=True,
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
@@ -365,8 +366,9 @@ class _FlakyStore(LocalStore):
         return await super().end_match(match_id)
 
 
+@pytest.mark.parametrize("immediate", [False, True], ids=["tasks", "immediate"])
 async def test_store_writes_wait_out_an_outage_and_reads_answer_unavailable(
-    autojump_clock: trio.abc.Clock,
+    autojump_clock: trio.abc.Clock, immediate: bool
 ) -> None:
     record = MatchRecord(
         77,
@@ -393,6 +395,7 @@ async def test_store_writes_wait_out_an_outage_and_reads_answer_unavailable(
             matches=sqlite.matches_in_progress(),
             clock=lambda: BASE + trio.current_time(),
             hasher=_fast_hash,
+            immediate_store=immediate,
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
