@@ -51,7 +51,6 @@ Decisions:
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -73,6 +72,8 @@ from lobby.store import (
     NameTaken,
     PlayerInMatch,
     StoreError,
+    check_result,
+    finite_time,
     pack_ticket,
     unpack_ticket,
 )
@@ -363,19 +364,9 @@ class RedisStore:
         *,
         mode: str,
     ) -> bool:
-        """Record a finished match once: history, new ratings, end of the match in progress.
-
-        Returns False and changes nothing if ``match_id`` was recorded already. Every player in
-        ``teams`` needs an entry in ``ratings_before`` and ``ratings_after`` (extra entries are
-        refused too, so a mix-up cannot rate a bystander).
-        """
+        """As ``SqliteStore.record_result``: once per match id, in one script."""
         mid = _mid(match_id)
-        ended_at = _finite_time(ended_at, "ended_at")
-        players = [pid for team in teams for pid in team]
-        if len(set(players)) != len(players):
-            raise ValueError("a player appears more than once in teams")
-        if set(ratings_before) != set(players) or set(ratings_after) != set(players):
-            raise ValueError("ratings_before and ratings_after must cover exactly the players")
+        ended_at = check_result(teams, ratings_before, ratings_after, ended_at)
         order = _order_key(match_id)
         keys = [self._results, self._ratings, *self._match_keys()]
         args: list[str | bytes] = [
@@ -428,7 +419,7 @@ class RedisStore:
     async def put_match(self, record: MatchRecord) -> None:
         """Store (or replace) a match in progress; PlayerInMatch if a player is in another."""
         mid = _mid(record.match_id)
-        started_at = _finite_time(record.started_at, "started_at")
+        started_at = finite_time(record.started_at, "started_at")
         players = [_pid(e.player_id) for e in record.roster]
         if len(set(players)) != len(players):
             raise ValueError("a player appears more than once in the roster")
@@ -586,12 +577,6 @@ def _fold(name: str) -> bytes:
 def _host_hex(host_id: str) -> str:
     """Hex digits sort apart from ':' and ';', so a host's members form one lex range."""
     return host_id.encode("utf-8", "surrogatepass").hex()
-
-
-def _finite_time(value: float, what: str) -> float:
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{what} must be a finite time >= 0, got {value}")
-    return float(value) + 0.0  # no -0.0, which SQLite would not keep either
 
 
 def _pack(value: object) -> bytes:

@@ -268,6 +268,22 @@ class LocalStore:
         return []
 
 
+def check_result(
+    teams: Sequence[Sequence[int]],
+    ratings_before: Mapping[int, Rating],
+    ratings_after: Mapping[int, Rating],
+    ended_at: float,
+) -> float:
+    """What every store refuses in ``record_result`` (ValueError); the end time, checked."""
+    ended_at = finite_time(ended_at, "ended_at")
+    players = [pid for team in teams for pid in team]
+    if len(set(players)) != len(players):
+        raise ValueError("a player appears more than once in teams")
+    if set(ratings_before) != set(players) or set(ratings_after) != set(players):
+        raise ValueError("ratings_before and ratings_after must cover exactly the players")
+    return ended_at
+
+
 def pack_ticket(ticket: Ticket) -> bytes:
     """A ticket as msgpack, for stores that keep them."""
     players = [[p.player_id, p.rating, p.uncertainty] for p in ticket.players]
@@ -365,10 +381,11 @@ def _unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
-def _finite_time(value: float, what: str) -> float:
+def finite_time(value: float, what: str) -> float:
+    """A unix time a store keeps: finite, not negative (ValueError naming `what`)."""
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{what} must be a finite time >= 0, got {value}")
-    return float(value)
+    return float(value) + 0.0  # no -0.0, which SQLite would not keep either
 
 
 class SqliteStore:
@@ -507,12 +524,7 @@ class SqliteStore:
         refused too, so a mix-up cannot rate a bystander).
         """
         mid = _i64(match_id)
-        ended_at = _finite_time(ended_at, "ended_at")
-        players = [pid for team in teams for pid in team]
-        if len(set(players)) != len(players):
-            raise ValueError("a player appears more than once in teams")
-        if set(ratings_before) != set(players) or set(ratings_after) != set(players):
-            raise ValueError("ratings_before and ratings_after must cover exactly the players")
+        ended_at = check_result(teams, ratings_before, ratings_after, ended_at)
         teams_blob = _pack([list(team) for team in teams])
         result_blob = _pack(dict(result))
         rows = [
@@ -572,7 +584,7 @@ class SqliteStore:
     def put_match(self, record: MatchRecord) -> None:
         """Store (or replace) a match in progress; PlayerInMatch if a player is in another."""
         mid = _i64(record.match_id)
-        _finite_time(record.started_at, "started_at")
+        finite_time(record.started_at, "started_at")
         roster = [[e.slot, e.player_id, e.team] for e in record.roster]
         players = [_i64(e.player_id) for e in record.roster]
         if len(set(players)) != len(players):

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import trio
 from upkit import FAST_CONFIG, ROOT, Up
 
 CLUSTER_CONFIG = FAST_CONFIG.replace("[hosts]", "lease = 1.5\n\n[hosts]").replace(
@@ -104,3 +105,12 @@ def share_secret(*data_dirs: Path) -> None:
             os.write(fd, secret)
         finally:
             os.close(fd)
+
+
+async def wait_ports(node: Process) -> dict[str, int]:
+    """The node's bound ports, once it has written them."""
+    with trio.fail_after(30):
+        while not (node.data_dir / "ports.json").exists():
+            assert node.process.poll() is None, node.log_tail()
+            await trio.sleep(0.05)
+    return node.ports()

@@ -22,7 +22,7 @@ import trio
 
 pytest.importorskip("coredis", reason="coredis is not installed (the redis extra)")
 
-from clusterkit import Process, lobby_node, room_host, share_secret
+from clusterkit import Process, lobby_node, room_host, share_secret, wait_ports
 from hostkit import play, until
 from redis_server import RedisProcess, restartable_redis
 from upkit import ROOT, accept_all, join_room
@@ -62,13 +62,6 @@ async def shared_hosts(c: Cluster) -> set[str]:
         return {h.host_id for h in await RedisStore(client).live_hosts()}
 
 
-async def _wait_ports(node: Process) -> None:
-    with trio.fail_after(30):
-        while not (node.data_dir / "ports.json").exists():
-            assert node.process.poll() is None, node.log_tail()
-            await trio.sleep(0.05)
-
-
 @contextmanager
 def _processes(tmp_path: Path) -> Iterator[tuple[RedisProcess, ExitStack]]:
     with restartable_redis(tmp_path / "redis") as redis, ExitStack() as stack:
@@ -81,10 +74,10 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     with _processes(tmp_path) as (redis, stack):
         share_secret(tmp_path / "a", tmp_path / "b")
         nodes = {"a": stack.enter_context(lobby_node(tmp_path / "a", redis.url, "a"))}
-        await _wait_ports(nodes["a"])
+        await wait_ports(nodes["a"])
         await nodes["a"].wait_for_events("matchmaker_lease_taken")
         nodes["b"] = stack.enter_context(lobby_node(tmp_path / "b", redis.url, "b"))
-        await _wait_ports(nodes["b"])
+        await wait_ports(nodes["b"])
         await nodes["b"].wait_for_events("matchmaker_seen")
         controls = [nodes[n].ports()["control_port"] for n in ("a", "b")]
         hosts = {h: stack.enter_context(room_host(tmp_path / h, controls, h)) for h in ("h1", "h2")}

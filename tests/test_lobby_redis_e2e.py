@@ -3,12 +3,6 @@ started again: the node answers `unavailable` while Redis is down and carries on
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,50 +10,19 @@ import trio
 
 pytest.importorskip("coredis", reason="coredis is not installed (the redis extra)")
 
+from clusterkit import lobby_node, wait_ports
 from redis_server import restartable_redis
-from upkit import ROOT
 
 from lobby.protocol import ErrorCode
 from sim.lobbyclient import LobbyError, open_lobby_client
 
 
-@contextmanager
-def lobby_node(data_dir: Path, redis_url: str) -> Iterator[subprocess.Popen[bytes]]:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    args = [
-        sys.executable, "-m", "sim.cli", "lobby", "--redis", redis_url,
-        "--client-port", "0", "--control-port", "0", "--data-dir", str(data_dir),
-        "--ports-file", str(data_dir / "ports.json"), "--log-json",
-    ]  # fmt: skip
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(data_dir / "lobby.log", "ab") as log:
-        process = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise AssertionError("the lobby did not stop on SIGTERM") from None
-
-
-async def _client_port(data_dir: Path, process: subprocess.Popen[bytes]) -> int:
-    with trio.fail_after(20):
-        while not (data_dir / "ports.json").exists():
-            assert process.poll() is None, (data_dir / "lobby.log").read_text()
-            await trio.sleep(0.05)
-    return int(json.loads((data_dir / "ports.json").read_text())["client_port"])
-
-
 async def test_a_lobby_on_redis_rides_out_a_redis_restart(tmp_path: Path) -> None:
     with (
         restartable_redis(tmp_path / "redis") as redis,
-        lobby_node(tmp_path / "lobby", redis.url) as node,
+        lobby_node(tmp_path / "lobby", redis.url, "solo") as node,
     ):
-        port = await _client_port(tmp_path / "lobby", node)
+        port = (await wait_ports(node))["client_port"]
         async with open_lobby_client("127.0.0.1", port) as client:
             me = await client.register("alice", "correct horse")
             rating = await client.get_rating()
@@ -70,7 +33,7 @@ async def test_a_lobby_on_redis_rides_out_a_redis_restart(tmp_path: Path) -> Non
                 with pytest.raises(LobbyError) as refused:
                     await client.get_rating()
             assert refused.value.code == ErrorCode.UNAVAILABLE
-            assert node.poll() is None  # the node stays up and keeps the connection
+            assert node.process.poll() is None  # the node stays up and keeps the connection
             await client.heartbeat()
 
             redis.start()  # same port, same append-only file
