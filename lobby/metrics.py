@@ -9,8 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-GAUGES = ("clients", "players_online", "hosts_connected", "hosts_live", "queued_tickets")
-"""Stats that are levels, not running totals."""
+GAUGES = (
+    "clients",
+    "players_online",
+    "hosts_connected",
+    "hosts_live",
+    "queued_tickets",
+    "matches_in_progress",
+    "matchmaker",
+    "store_writes_waiting",
+)
+"""Stats that are levels, not running totals (`matchmaker`: 1 on the node running it)."""
 
 
 def start_lobby_metrics(port: int, snapshot: Callable[[], dict[str, Any]]) -> None:

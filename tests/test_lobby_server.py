@@ -336,6 +336,7 @@ async def test_node_keeps_its_secret_and_store_and_serves_metrics(tmp_path: Path
 
                     text = await trio.to_thread.run_sync(scrape)
                     assert "framesync_lobby_players_online 1.0" in text
+                    assert "framesync_lobby_matchmaker 1.0" in text  # one node runs it
                     assert 'framesync_lobby_events_total{event="logins"} 1.0' in text
                 else:  # a restarted node: same secret, same accounts
                     await c.send(proto.Resume(tokens[0]))
