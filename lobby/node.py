@@ -23,7 +23,8 @@ import trio
 from battle.gctune import tune_gc
 from lobby.server import LobbyServer
 from lobby.settings import ListenSettings, LobbySettings
-from lobby.store import AsyncStore, LocalStore, SqliteStore
+from lobby.sqlitestore import LocalStore, SqliteStore
+from lobby.store import AsyncStore
 
 SECRET_FILE = "session.key"
 STORE_FILE = "lobby.sqlite3"

@@ -38,7 +38,7 @@ from lobby.protocol import (
     ServerMessage,
 )
 from lobby.settings import LobbySettings
-from lobby.store import LocalStore, SqliteStore
+from lobby.sqlitestore import LocalStore, SqliteStore
 
 SECRET = bytes(range(32))
 T0 = 1_700_000_000.0

@@ -91,7 +91,7 @@ from lobby.protocol import Register as ClientRegister
 from lobby.queuedesk import QueueDesk
 from lobby.ratings import default_rating
 from lobby.settings import LobbySettings
-from lobby.store import LocalStore, SqliteStore
+from lobby.sqlitestore import LocalStore, SqliteStore
 
 SECRET = bytes(range(32))
 SALT = b"\x11" * 16

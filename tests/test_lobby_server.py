@@ -26,7 +26,8 @@ from battle.config import RosterEntry
 from lobby import protocol as proto
 from lobby.server import LobbyServer
 from lobby.settings import ListenSettings, LobbySettings
-from lobby.store import Account, LocalStore, MatchRecord, SqliteStore
+from lobby.sqlitestore import LocalStore, SqliteStore
+from lobby.store import Account, MatchRecord
 
 SECRET = b"s" * 32
 BASE = 1_800_000_000.0

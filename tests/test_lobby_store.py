@@ -22,13 +22,12 @@ from lobby.accounts import (
     verify_session_token,
 )
 from lobby.ratings import Rating, default_rating, rate_match
+from lobby.sqlitestore import SCHEMA_VERSION, SqliteStore
 from lobby.store import (
-    SCHEMA_VERSION,
     LobbyStore,
     MatchRecord,
     NameTaken,
     PlayerInMatch,
-    SqliteStore,
     StoreError,
 )
 

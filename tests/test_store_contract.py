@@ -19,14 +19,13 @@ from redis_server import RedisServer, redis_server  # noqa: F401
 
 from battle.config import RosterEntry
 from lobby.ratings import Rating, default_rating, rate_match
+from lobby.sqlitestore import LocalStore, SqliteStore
 from lobby.store import (
     Account,
     AsyncStore,
-    LocalStore,
     MatchRecord,
     NameTaken,
     PlayerInMatch,
-    SqliteStore,
 )
 
 if TYPE_CHECKING:
