@@ -87,7 +87,7 @@ from lobby.outputs import (
 )
 from lobby.queuedesk import LOCAL, QueueDesk
 from lobby.ratings import Rating
-from lobby.rooms import Settlement, outcome
+from lobby.results import Settlement, outcome
 from lobby.settings import LobbySettings
 from lobby.store import Account, HistoryEntry, MatchRecord
 

@@ -37,7 +37,7 @@ from lobby.outputs import (
     SaveMatch,
     SaveTicket,
 )
-from lobby.rooms import settle
+from lobby.results import settle
 from lobby.store import Account, AsyncStore, NameTaken, StoreError
 
 T = TypeVar("T")

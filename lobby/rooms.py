@@ -2,8 +2,8 @@
 
 `RoomDesk` takes accepted matches from the core, has the `Allocator` place each on a room host,
 stores the match in progress and sends every player MATCH_READY; it serves the room hosts'
-control connections (register, heartbeat, replies, room events) and turns a room's result
-into ratings and history. Decisions are in core.py's docstring.
+control connections (register, heartbeat, replies, room events) and has a room's result
+rated (`results.py`) and recorded. Decisions are in core.py's docstring.
 
 The matches in progress are held here, in memory, and written through to the store as
 effects (`SaveMatch`, `EndMatch`, `RecordResult`): this desk is their one writer, so its view
@@ -13,9 +13,8 @@ is the truth, and a restarted lobby starts from what the store kept.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from battle.config import RosterEntry
 from battle.control import (
@@ -59,7 +58,7 @@ from lobby.outputs import (
     SaveMatch,
     SendControl,
 )
-from lobby.ratings import Rating, rate_match
+from lobby.results import Settlement, outcome
 from lobby.settings import LobbySettings
 from lobby.store import MatchRecord
 
@@ -81,59 +80,6 @@ class _Forming:
     ticket_key: bytes
     give_up_at: float
     requested: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    """What a room's result does to ratings and history (`settle`)."""
-
-    teams: tuple[tuple[int, ...], ...]
-    before: dict[int, Rating]
-    after: dict[int, Rating]
-    stored: dict[str, Any]
-    """The result as recorded: reason, rated, winner, frames, desyncs and the room's own."""
-
-    @property
-    def rated(self) -> bool:
-        return bool(self.stored["rated"])
-
-
-def settle(record: MatchRecord, msg: RoomResult, before: Mapping[int, Rating]) -> Settlement:
-    """Rate a finished match from its players' ratings before it (pure: the shell calls it
-    between reading the ratings and recording the result)."""
-    team_count = max(e.team for e in record.roster) + 1
-    teams = tuple(
-        team
-        for team in (
-            tuple(e.player_id for e in record.roster if e.team == t) for t in range(team_count)
-        )
-        if team
-    )
-    start = {pid: before[pid] for team in teams for pid in team}
-    winner = msg.result.get("winner", "absent")
-    rated = (
-        msg.reason == "result"
-        and len(teams) >= 2
-        and (winner is None or (type(winner) is int and 0 <= winner < len(teams)))
-    )
-    after: dict[int, Rating] = dict(start)
-    if rated:
-        won = winner if isinstance(winner, int) else None
-        new = rate_match([[start[p] for p in team] for team in teams], won)
-        after = {
-            pid: r
-            for team, rs in zip(teams, new, strict=True)
-            for pid, r in zip(team, rs, strict=True)
-        }
-    stored = {
-        "reason": msg.reason,
-        "rated": rated,
-        "winner": winner if rated else None,
-        "frames": msg.frames,
-        "desyncs": msg.desyncs,
-        "room": msg.result,
-    }
-    return Settlement(teams, start, after, stored)
 
 
 class RoomDesk:
@@ -620,13 +566,3 @@ class RoomDesk:
 
     def _random_u64(self) -> int:
         return int.from_bytes(self._entropy(8), "big")
-
-
-def outcome(result: dict[str, object], team: int) -> str:
-    """The result as one player sees it: win, loss, draw or no_contest."""
-    if not result.get("rated"):
-        return "no_contest"
-    winner = result.get("winner")
-    if winner is None:
-        return "draw"
-    return "win" if winner == team else "loss"
