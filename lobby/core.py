@@ -33,10 +33,8 @@ Decisions:
   after a lobby restart) gets `match_ready` with a fresh ticket for the same slot. A restarted
   lobby gives hosts one lease to re-register; matches whose rooms are not re-adopted by then
   are aborted.
-* **Results.** Ratings change only for a result the room decided by vote (reason "result")
-  naming a valid winning team, or an explicit draw (``"winner": nil``); anything else is
-  recorded as no contest. Results are idempotent by match id (the store) and acked once
-  stored; a store that fails leaves the result unacked, so the host sends it again.
+* **Results** are rated as `results.py` says, idempotent by match id (the store), and acked
+  once stored; a store that fails leaves the result unacked, so the host sends it again.
 * **Storage answers arrive later.** A request waiting on the store holds its place: a second
   login on the same connection is refused while the first is in flight; a queue request
   holds its ticket id (cancel works) until the ratings come; answers for a connection that
@@ -52,10 +50,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from battle.control import (
-    ControlMessage,
-    ControlProtocolError,
-)
+from battle.control import ControlMessage, ControlProtocolError
 from lobby import protocol as proto
 from lobby.accounts import (
     SessionTokenError,
