@@ -33,7 +33,7 @@ Decisions:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -229,25 +229,19 @@ class ClusterNode:
             request = out.request
             frame = proto.encode_message(request) if request is not None else None
             payload = _pack(["fwd", self.node_id, out.player_id, out.kind, frame])
-            patience = 0.0 if out.kind == "request" else 2 * self.ttl_ms / 1000
-            deadline = trio.current_time() + patience
-            wait = 0.05
-            while True:
+
+            async def send(out: Forward = out, payload: bytes = payload) -> bool:
                 leader = self.leader
-                if leader is not None and leader[0] == self.node_id:
+                if leader is None:
+                    return False
+                if leader[0] == self.node_id:
                     # Sent before this node took the lease: its own desk takes it now.
                     self.core.forwarded(LOCAL, out, self.server.now())
                     self.server.carry_out()
-                    delivered = True
-                elif leader is not None:
-                    delivered = bool(await self._publish(leader[0], payload))
-                else:
-                    delivered = False
-                if delivered or trio.current_time() + wait > deadline:
-                    break
-                await trio.sleep(wait)
-                wait = min(wait * 2, 0.5)
-            if not delivered:
+                    return True
+                return bool(await self._publish(leader[0], payload))
+
+            if not await self._until_received(send, again=out.kind != "request"):
                 self.core.forward_failed(out)
                 self.server.carry_out()
 
@@ -266,18 +260,27 @@ class ClusterNode:
             self.core.out.count("deliveries_dropped")
 
     async def _deliverer(self, node: str, queue: trio.MemoryReceiveChannel[Deliver]) -> None:
-        patience = 2 * self.ttl_ms / 1000
         async for out in queue:
             payload = _pack(["dlv", out.player_id, proto.encode_message(out.message)])
-            deadline = trio.current_time() + patience
-            wait = 0.05
-            while not await self._publish(node, payload):
-                if trio.current_time() + wait > deadline:
-                    self.core.out.count("deliveries_lost")
-                    log.warning("delivery_lost", node=node, player_id=out.player_id)
-                    break
-                await trio.sleep(wait)
-                wait = min(wait * 2, 0.5)
+
+            async def send(payload: bytes = payload) -> bool:
+                return bool(await self._publish(node, payload))
+
+            if not await self._until_received(send, again=True):
+                self.core.out.count("deliveries_lost")
+                log.warning("delivery_lost", node=node, player_id=out.player_id)
+
+    async def _until_received(self, send: Callable[[], Awaitable[bool]], *, again: bool) -> bool:
+        """`send` until it reports a receiver; `again`: keep trying (backing off) for two
+        TTLs, while subscriptions are re-made after a Redis restart or a lease changes hands."""
+        deadline = trio.current_time() + (2 * self.ttl_ms / 1000 if again else 0.0)
+        wait = 0.05
+        while not await send():
+            if trio.current_time() + wait > deadline:
+                return False
+            await trio.sleep(wait)
+            wait = min(wait * 2, 0.5)
+        return True
 
     async def _publish(self, node: str, payload: bytes) -> int:
         try:

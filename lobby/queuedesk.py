@@ -315,9 +315,7 @@ class QueueDesk:
             self._ticket_of[member] = ticket.ticket_id
 
     def _forget_pending(self, tid: int, pending: _PendingQueue) -> None:
-        for member in pending.members:
-            if self._ticket_of.get(member) == tid:
-                del self._ticket_of[member]
+        self._unmark(tid, pending.members)
 
     def _cancel_queued(self, pid: int, now: float) -> None:
         """Drop the player's ticket if it is waiting in a queue (not in a ready check)."""
@@ -336,16 +334,11 @@ class QueueDesk:
         restored = self._restored.pop(tid, None)
         if restored is not None:  # kept by the previous matchmaker, not queued again yet
             self.out.append(DropTickets((tid,)))
-            for member in restored.player_ids:
-                if self._ticket_of.get(member) == tid:
-                    del self._ticket_of[member]
-                self.out.push(member, proto.QueueCancelled(tid, rid if member == by else None))
+            self._tell_cancelled(tid, restored.player_ids, rid, by)
             return
         pending = self._pending.pop(tid, None)
         if pending is not None:  # still loading ratings: the matchmaker never saw it
-            self._forget_pending(tid, pending)
-            for member in pending.members:
-                self.out.push(member, proto.QueueCancelled(tid, rid if member == by else None))
+            self._tell_cancelled(tid, pending.members, rid, by)
             return
         in_check = self.matchmaker.queued_ticket(tid) is None
         try:
@@ -358,12 +351,21 @@ class QueueDesk:
         self.out.append(DropTickets((tid,)))
         if in_check:  # counts as a decline: ProposalCancelled tells everyone
             self._run_matchmaker(now)
-        if ticket is None:
-            return
-        for member in ticket.player_ids:
+        if ticket is not None:
+            self._tell_cancelled(tid, ticket.player_ids, rid, by)
+
+    def _tell_cancelled(
+        self, tid: int, members: Sequence[int], rid: int | None, by: int | None
+    ) -> None:
+        self._unmark(tid, members)
+        for member in members:
+            self.out.push(member, proto.QueueCancelled(tid, rid if member == by else None))
+
+    def _unmark(self, tid: int, members: Sequence[int]) -> None:
+        """The players are no longer held by ticket `tid` (they may hold a newer one)."""
+        for member in members:
             if self._ticket_of.get(member) == tid:
                 del self._ticket_of[member]
-            self.out.push(member, proto.QueueCancelled(tid, rid if member == by else None))
 
     # --- matchmaking ------------------------------------------------------------------------------
 
@@ -426,9 +428,7 @@ class QueueDesk:
     def _forget_ticket(self, tid: int) -> None:
         ticket = self._tickets.pop(tid, None)
         if ticket is not None:
-            for pid in ticket.player_ids:
-                if self._ticket_of.get(pid) == tid:
-                    del self._ticket_of[pid]
+            self._unmark(tid, ticket.player_ids)
 
     # --- taking over --------------------------------------------------------------------------
 
@@ -459,9 +459,7 @@ class QueueDesk:
                     self.out.count("tickets_restored")
                     continue
             dropped.append(tid)
-            for pid in ticket.player_ids:
-                if self._ticket_of.get(pid) == tid:
-                    del self._ticket_of[pid]
+            self._unmark(tid, ticket.player_ids)
         self._restored.clear()
         if dropped:
             self.out.count("tickets_dropped", len(dropped))

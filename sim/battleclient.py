@@ -325,17 +325,7 @@ class BattleClient:
                 return
             deadline = conn.next_deadline()
             with trio.move_on_at(deadline if deadline is not None else math.inf):
-                await self._readable(sock)
-                now = trio.current_time()
-                while True:
-                    try:
-                        data, addr = sock.recvfrom(2048)
-                    except (BlockingIOError, ConnectionRefusedError):
-                        break
-                    if not self._silent:
-                        self._datagrams_in += 1
-                        self._bytes_in += len(data)
-                        conn.receive_datagram(data, addr[:2], now)
+                await self._receive(sock, conn.receive_datagram)
             self._check_socket(sock)
             conn.tick(trio.current_time())
 
@@ -357,17 +347,7 @@ class BattleClient:
                 wake = due
             with trio.move_on_at(wake) as scope:
                 self._wake = scope
-                await self._readable(sock)
-                now = trio.current_time()
-                while True:
-                    try:
-                        data, addr = sock.recvfrom(2048)
-                    except (BlockingIOError, ConnectionRefusedError):
-                        break
-                    if not self._silent:
-                        self._datagrams_in += 1
-                        self._bytes_in += len(data)
-                        path.receive(data, addr[:2], now)
+                await self._receive(sock, path.receive)
             self._wake = None
             self._check_socket(sock)
             now = trio.current_time()
@@ -380,9 +360,22 @@ class BattleClient:
                     conn.receive_datagram(transit.data, transit.addr, now)
             conn.tick(now)
 
-    async def _readable(self, sock: socket.socket) -> None:
+    async def _receive(
+        self, sock: socket.socket, deliver: Callable[[bytes, Address, float], None]
+    ) -> None:
+        """Wait until `sock` is readable, then hand every waiting datagram to `deliver`."""
         await trio.lowlevel.wait_readable(sock)
         self._check_socket(sock)
+        now = trio.current_time()
+        while True:
+            try:
+                data, addr = sock.recvfrom(2048)
+            except (BlockingIOError, ConnectionRefusedError):
+                return
+            if not self._silent:
+                self._datagrams_in += 1
+                self._bytes_in += len(data)
+                deliver(data, addr[:2], now)
 
     def _check_socket(self, sock: socket.socket) -> None:
         """`reconnect()` may swap and close the socket while no task waits on it, where
