@@ -1,12 +1,12 @@
 """The lobby node's trio shell: TCP listeners, one task pair per connection, one ticker.
 
 Everything that decides lives in the sans-IO core (`core.py`); this file moves bytes, keeps
-time, and carries out the core's effects (`effects.py`): reads each in a task of its own, the
-KDF in worker threads, and store writes one at a time in order, retried with backoff while
-the store is unreachable. Per connection a reader task decodes frames
-into core calls and a writer task drains a bounded queue of encoded frames: a client that does
-not read its messages fills its queue and is disconnected, so one slow client never holds
-the event loop or the other connections.
+time, and carries out the core's effects (`effects.py`): the KDF in worker threads; for an
+embedded store every effect at once, in order; for a network store reads each in a task of
+its own and writes one at a time in order, retried with backoff while it is unreachable.
+Per connection a reader task decodes frames into core calls and a writer task drains a
+bounded queue of encoded frames: a client that does not read its messages fills its queue
+and is disconnected, so one slow client never holds the event loop or the other connections.
 """
 
 from __future__ import annotations
